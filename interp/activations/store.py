@@ -1,0 +1,394 @@
+"""ActivationStore: activations on disk as sharded ``.npy`` arrays plus a manifest.
+
+Layout of a store folder::
+
+    manifest.json                 model, hooks, d_in, dtype, positions, shards, complete flag
+    tokens/shard_00000.npy        (contexts, n_ctx) int32 token ids of the shard's contexts
+    <hook>/shard_00000.npy        (rows, d_in) activations, one row per kept token
+
+Row ``r`` of the store is context ``r // P`` at position ``positions[r % P]`` (``P`` kept
+positions per context, e.g. all but the BOS position), so any row can be shown in context.
+Shards are plain ``.npy`` files (memory-mappable); bfloat16 is stored as its raw 16 bits
+(``uint16``) and viewed back as ``torch.bfloat16`` on read.
+
+The writer appends whole shards and rewrites the manifest atomically after each one, so an
+interrupted harvest leaves a store marked incomplete that the harvester resumes and that
+readers refuse to use.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.errors import CorruptArtifactError, DataError, InterpError, unknown
+from interp.version import code_version
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16),
+          "bfloat16": (np.uint16, torch.bfloat16)}
+
+
+class IncompleteStoreError(InterpError, RuntimeError):
+    """The store's harvest did not finish."""
+
+
+def hook_dir_name(hook: str) -> str:
+    return hook.replace("/", "_")
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _npy_header_len(path: Path) -> int:
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major == 1:
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        return f.tell()
+
+
+def to_numpy_dtype(t: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return t.to(DTYPES[dtype][1]).numpy()
+
+
+class StoreWriter:
+    """Writes contexts' activations shard by shard (see module docstring)."""
+
+    def __init__(self, path: Path | str, hooks: dict[str, int], n_ctx: int,
+                 positions: Sequence[int], dtype: str = "float32", shard_rows: int = 2**18,
+                 meta: dict | None = None, resume: bool = True):
+        if dtype not in DTYPES:
+            raise unknown("dtype", dtype, DTYPES)
+        if not hooks:
+            raise DataError("no hooks given: name at least one hook point to harvest")
+        positions = [int(p) for p in positions]
+        if not positions or min(positions) < 0 or max(positions) >= n_ctx:
+            raise DataError(f"positions must lie in [0, {n_ctx}), got {positions[:5]}...")
+        self.path = Path(path)
+        self.n_ctx, self.positions, self.dtype = n_ctx, positions, dtype
+        self.contexts_per_shard = max(1, shard_rows // len(positions))
+        self.manifest = {
+            "format_version": FORMAT_VERSION, "complete": False, "code_version": code_version(),
+            "hooks": {h: {"d_in": int(d), "dir": hook_dir_name(h)} for h, d in hooks.items()},
+            "dtype": dtype, "n_ctx": n_ctx, "positions": positions,
+            "contexts_per_shard": self.contexts_per_shard, "shards": [], **(meta or {}),
+        }
+        existing = self.path / MANIFEST
+        if existing.exists():
+            old = json.loads(existing.read_text())
+            if old.get("complete"):
+                raise DataError(f"{self.path} already holds a complete store; choose another "
+                                f"--out or delete it")
+            if not resume:
+                raise DataError(f"{self.path} holds an unfinished store; resume it or delete it")
+            keys = ("hooks", "dtype", "n_ctx", "positions", "contexts_per_shard", "model",
+                    "source")
+            diff = [k for k in keys if old.get(k) != self.manifest.get(k)]
+            if diff:
+                raise DataError(f"cannot resume the unfinished store at {self.path}: its "
+                                f"{', '.join(diff)} differ from this harvest's; delete it or "
+                                f"use the same settings")
+            self.manifest["shards"] = old["shards"]
+            self._drop_unlisted_shards()
+        self.path.mkdir(parents=True, exist_ok=True)
+        for h in hooks:
+            (self.path / hook_dir_name(h)).mkdir(exist_ok=True)
+        (self.path / "tokens").mkdir(exist_ok=True)
+        self._buf_tokens: list[np.ndarray] = []
+        self._buf_acts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+        self._buffered = 0
+        _atomic_write_json(existing, self.manifest)
+
+    @property
+    def contexts_done(self) -> int:
+        return sum(s["contexts"] for s in self.manifest["shards"])
+
+    def _drop_unlisted_shards(self) -> None:
+        """Partial shards written after the last manifest update are rewritten."""
+        n = len(self.manifest["shards"])
+        for sub in ["tokens", *[v["dir"] for v in self.manifest["hooks"].values()]]:
+            for f in (self.path / sub).glob("shard_*.npy"):
+                if int(f.stem.split("_")[1]) >= n:
+                    f.unlink()
+
+    def add(self, tokens: np.ndarray | torch.Tensor, acts: dict[str, torch.Tensor]) -> None:
+        """tokens (B, n_ctx); acts[hook] (B, P, d_in) at the kept positions."""
+        tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+        b = tokens.shape[0]
+        for h, spec in self.manifest["hooks"].items():
+            if h not in acts:
+                raise DataError(f"missing activations for hook {h!r}")
+            a = acts[h]
+            if tuple(a.shape) != (b, len(self.positions), spec["d_in"]):
+                raise DataError(f"activations for {h!r} have shape {tuple(a.shape)}, expected "
+                                f"{(b, len(self.positions), spec['d_in'])}")
+            self._buf_acts[h].append(to_numpy_dtype(a.detach().cpu(), self.dtype)
+                                     .reshape(b * len(self.positions), spec["d_in"]))
+        self._buf_tokens.append(tokens.astype(np.int32))
+        self._buffered += b
+        while self._buffered >= self.contexts_per_shard:
+            self._flush(self.contexts_per_shard)
+
+    def _flush(self, n_contexts: int) -> None:
+        idx = len(self.manifest["shards"])
+        name = f"shard_{idx:05d}.npy"
+        toks = np.concatenate(self._buf_tokens)
+        np.save(self.path / "tokens" / name, toks[:n_contexts])
+        self._buf_tokens = [toks[n_contexts:]]
+        rows = n_contexts * len(self.positions)
+        for h, spec in self.manifest["hooks"].items():
+            a = np.concatenate(self._buf_acts[h])
+            np.save(self.path / spec["dir"] / name, a[:rows])
+            self._buf_acts[h] = [a[rows:]]
+        self._buffered -= n_contexts
+        self.manifest["shards"].append({"file": name, "contexts": n_contexts, "rows": rows})
+        _atomic_write_json(self.path / MANIFEST, self.manifest)
+
+    def close(self, extra: dict | None = None) -> Path:
+        if self._buffered:
+            self._flush(self._buffered)
+        if not self.manifest["shards"]:
+            raise DataError("nothing was harvested: the token source gave no contexts")
+        self.manifest["complete"] = True
+        self.manifest["n_contexts"] = self.contexts_done
+        self.manifest["n_tokens"] = self.contexts_done * len(self.positions)
+        self.manifest.update(extra or {})
+        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        return self.path
+
+
+@dataclass(frozen=True)
+class _Shard:
+    file: str
+    row_start: int
+    rows: int
+    context_start: int
+    contexts: int
+
+
+class ActivationStore:
+    """Read access to a harvested store: rows, tokens in context, shuffled batches."""
+
+    def __init__(self, path: Path | str, check: bool = True):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            hint = " (the folder does not exist)" if not self.path.exists() else ""
+            raise CorruptArtifactError(f"no activation store at {self.path}{hint}: "
+                                       f"{MANIFEST} is missing; create one with `interp harvest`")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise CorruptArtifactError(f"{mpath} is not valid JSON ({e})") from e
+        if not self.manifest.get("complete"):
+            done = len(self.manifest.get("shards", []))
+            raise IncompleteStoreError(
+                f"the store at {self.path} is incomplete: its harvest stopped after {done} "
+                f"shard(s). Rerun the same `interp harvest` command to resume it.")
+        self.positions: list[int] = self.manifest["positions"]
+        self.n_ctx: int = self.manifest["n_ctx"]
+        self.dtype: str = self.manifest["dtype"]
+        self._shards: list[_Shard] = []
+        row = ctx = 0
+        for s in self.manifest["shards"]:
+            self._shards.append(_Shard(s["file"], row, s["rows"], ctx, s["contexts"]))
+            row += s["rows"]
+            ctx += s["contexts"]
+        self.n_rows, self.n_contexts = row, ctx
+        self._row_starts = np.array([s.row_start for s in self._shards], dtype=np.int64)
+        self._maps: dict[tuple[str, int], np.ndarray] = {}
+        if check:
+            self.verify()
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    def d_in(self, hook: str | None = None) -> int:
+        return self.manifest["hooks"][self._hook(hook)]["d_in"]
+
+    def _hook(self, hook: str | None) -> str:
+        if hook is None:
+            if len(self.hooks) > 1:
+                raise DataError(f"this store holds several hooks; name one of {self.hooks}")
+            return self.hooks[0]
+        if hook not in self.manifest["hooks"]:
+            raise unknown("hook in this store", hook, self.hooks)
+        return hook
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({str(self.path)!r}, model={self.manifest.get('model')!r}, "
+                f"hooks={self.hooks}, rows={self.n_rows}, dtype={self.dtype})")
+
+    # ------------------------------------------------------------------ files
+    def _file(self, sub: str, shard: _Shard) -> Path:
+        return self.path / sub / shard.file
+
+    def verify(self) -> None:
+        """Every shard file exists with the size its manifest entry implies."""
+        itemsize = np.dtype(DTYPES[self.dtype][0]).itemsize
+        for shard in self._shards:
+            expected = [("tokens", shard.contexts * self.n_ctx * 4)]
+            expected += [(v["dir"], shard.rows * v["d_in"] * itemsize)
+                         for v in self.manifest["hooks"].values()]
+            for sub, nbytes in expected:
+                f = self._file(sub, shard)
+                if not f.exists():
+                    raise CorruptArtifactError(f"store file missing: {f}")
+                try:
+                    header = _npy_header_len(f)
+                except (ValueError, OSError) as e:
+                    raise CorruptArtifactError(f"store file {f} is corrupt ({e})") from e
+                if f.stat().st_size != header + nbytes:
+                    raise CorruptArtifactError(
+                        f"store file {f} is truncated or the wrong size: "
+                        f"{f.stat().st_size} bytes, expected {header + nbytes}")
+
+    def _map(self, sub: str, i: int) -> np.ndarray:
+        key = (sub, i)
+        if key not in self._maps:
+            f = self._file(sub, self._shards[i])
+            try:
+                self._maps[key] = np.load(f, mmap_mode="r")
+            except (ValueError, OSError) as e:
+                raise CorruptArtifactError(f"cannot read store file {f}: {e}") from e
+        return self._maps[key]
+
+    def _to_torch(self, a: np.ndarray, dtype: torch.dtype | None) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.dtype == "bfloat16":
+            t = t.view(torch.bfloat16)
+        return t if dtype is None else t.to(dtype)
+
+    # ------------------------------------------------------------------ random access
+    def read(self, rows: np.ndarray | Sequence[int], hook: str | None = None,
+             dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """Activations of the given global rows, in the given order: (len(rows), d_in)."""
+        hook = self._hook(hook)
+        sub = self.manifest["hooks"][hook]["dir"]
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"row out of range [0, {self.n_rows})")
+        out = np.empty((rows.size, self.d_in(hook)), dtype=DTYPES[self.dtype][0])
+        shard_of = np.searchsorted(self._row_starts, rows, side="right") - 1
+        for i in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == i)
+            local = rows[sel] - self._shards[i].row_start
+            order = np.argsort(local, kind="stable")  # sorted reads are kinder to the page cache
+            out[sel[order]] = self._map(sub, int(i))[local[order]]
+        return self._to_torch(out, dtype)
+
+    def read_range(self, start: int, stop: int, hook: str | None = None,
+                   dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        return self.read(np.arange(start, stop), hook, dtype)
+
+    def locate(self, rows: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(context index, position) of each global row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        p = len(self.positions)
+        return rows // p, np.asarray(self.positions)[rows % p]
+
+    def tokens(self, contexts: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """Token ids (len(contexts), n_ctx) of the given contexts (all when None)."""
+        if contexts is None:
+            return np.concatenate([self._map("tokens", i) for i in range(len(self._shards))])
+        contexts = np.asarray(contexts, dtype=np.int64)
+        starts = np.array([s.context_start for s in self._shards])
+        shard_of = np.searchsorted(starts, contexts, side="right") - 1
+        out = np.empty((contexts.size, self.n_ctx), dtype=np.int32)
+        for i in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == i)
+            out[sel] = self._map("tokens", int(i))[contexts[sel] - starts[i]]
+        return out
+
+    # ------------------------------------------------------------------ streaming
+    def epoch_order(self, epoch: int, seed: int = 0, buffer_rows: int = 2**20,
+                    block_rows: int = 1024) -> Iterator[np.ndarray]:
+        """Row indices of one epoch, as a sequence of shuffled buffer-sized windows.
+
+        The store is cut into blocks of ``block_rows`` consecutive rows; the blocks are
+        permuted, grouped into windows of about ``buffer_rows`` rows, and each window is
+        permuted. Every row appears exactly once per epoch, and only one window is held
+        in memory, so stores larger than RAM stream fine.
+        """
+        rng = np.random.default_rng([seed, epoch])
+        block_rows = max(1, min(block_rows, buffer_rows))
+        starts = np.arange(0, self.n_rows, block_rows, dtype=np.int64)
+        rng.shuffle(starts)
+        per_window = max(1, buffer_rows // block_rows)
+        for w in range(0, len(starts), per_window):
+            idx = np.concatenate([np.arange(s, min(s + block_rows, self.n_rows))
+                                  for s in starts[w:w + per_window]])
+            yield idx[rng.permutation(idx.size)]
+
+    def batches(self, batch_size: int, hook: str | None = None, shuffle: bool = True,
+                seed: int = 0, epochs: int | None = 1, start_batch: int = 0,
+                buffer_rows: int = 2**20, drop_last: bool = False,
+                dtype: torch.dtype | None = torch.float32) -> Iterator[torch.Tensor]:
+        """Batches of (batch_size, d_in) rows, epoch after epoch (``epochs=None``: endless).
+
+        ``start_batch`` skips batches without reading them, so a resumed training run
+        sees exactly the batches the uninterrupted one would have.
+        """
+        if batch_size <= 0:
+            raise DataError(f"batch_size must be positive, got {batch_size}")
+        hook = self._hook(hook)
+        epoch, skipped = 0, 0
+        while epochs is None or epoch < epochs:
+            if shuffle:
+                windows = self.epoch_order(epoch, seed, buffer_rows)
+            else:
+                windows = (np.arange(s, min(s + buffer_rows, self.n_rows))
+                           for s in range(0, self.n_rows, buffer_rows))
+            pending = np.empty(0, dtype=np.int64)
+            for window in windows:
+                pending = np.concatenate([pending, window])
+                n_full = pending.size // batch_size
+                if skipped + n_full <= start_batch:
+                    skipped += n_full
+                    pending = pending[n_full * batch_size:]
+                    continue
+                data = None
+                for b in range(n_full):
+                    if skipped < start_batch:
+                        skipped += 1
+                        continue
+                    if data is None:  # read the rest of the window at once
+                        first = b * batch_size
+                        data = self.read(pending[first:n_full * batch_size], hook, dtype)
+                        offset = first
+                    yield data[b * batch_size - offset:(b + 1) * batch_size - offset]
+                pending = pending[n_full * batch_size:]
+            if pending.size and not drop_last:
+                if skipped < start_batch:
+                    skipped += 1
+                else:
+                    yield self.read(pending, hook, dtype)
+            epoch += 1
+
+    def batches_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        return self.n_rows // batch_size if drop_last else math.ceil(self.n_rows / batch_size)
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {"path": str(self.path), "model": m.get("model"), "hooks": self.hooks,
+                "d_in": {h: self.d_in(h) for h in self.hooks}, "dtype": self.dtype,
+                "n_contexts": self.n_contexts, "n_ctx": self.n_ctx,
+                "positions_per_context": len(self.positions), "n_rows": self.n_rows,
+                "shards": len(self._shards), "source": m.get("source")}

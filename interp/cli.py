@@ -1,0 +1,138 @@
+"""The ``interp`` command: a thin layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from interp.errors import InterpError
+
+
+def _cmd_harvest(args: argparse.Namespace) -> None:
+    from interp.activations.harvest import HarvestConfig, harvest
+
+    cfg = HarvestConfig(model=args.model, hooks=args.hook, n_tokens=args.tokens, out=args.out,
+                        source=args.source, n_ctx=args.n_ctx, batch_size=args.batch_size,
+                        dtype=args.dtype, skip_bos=not args.keep_bos,
+                        shard_rows=args.shard_rows, device=args.device)
+    t0 = time.time()
+    store = harvest(cfg)
+    dt = time.time() - t0
+    s = store.summary()
+    print(f"harvested {s['n_rows']:,} tokens x {len(s['hooks'])} hook(s) in {dt:.1f}s "
+          f"({s['n_rows'] / dt:,.0f} tok/s) -> {store.path}")
+    for h in s["hooks"]:
+        print(f"  {h}: d_in={s['d_in'][h]} dtype={s['dtype']}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from interp.activations.harvest import open_store
+
+    store = open_store(args.path)
+    print(json.dumps(store.summary(), indent=2))
+
+
+def _cmd_model(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        from interp.models import embedded_models
+        from interp.models.zoo import ZOO, model_dir
+
+        for name in embedded_models():
+            spec = ZOO[name]
+            shipped = (model_dir(name) / "model.safetensors").exists()
+            print(f"{name:8s} {spec.n_layers} layers, d_model={spec.d_model}, "
+                  f"n_ctx={spec.n_ctx}, vocab={spec.d_vocab} "
+                  f"[{'shipped' if shipped else 'not built'}]  {spec.description}")
+        print("Any TransformerLens pretrained name (gpt2, pythia-70m, ...) or a local model "
+              "folder also works where its weights are available.")
+        return
+    if not args.name:
+        raise SystemExit(f"interp model {args.action}: name a model")
+    if args.action == "train":
+        from interp.models.train import train_embedded
+
+        out = train_embedded(args.name, steps=args.steps, threads=args.threads)
+        print(f"saved {out}")
+    elif args.action == "eval":
+        from interp.models.evaluate import evaluate_embedded
+
+        res = evaluate_embedded(args.name, write=args.write, quick=args.quick)
+        short = {k: v for k, v in res.items() if not isinstance(v, list)}
+        print(json.dumps(short, indent=2))
+    elif args.action == "hooks":
+        from interp.models import load
+
+        for h in load(args.name).hook_dict:
+            print(h)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from interp.demo import run_demo
+
+    run_demo(out=args.out, n_tokens=args.tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0] + " "
+                                "Run `interp SUBCOMMAND --help` for each subcommand.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    h = sub.add_parser("harvest", help="capture activations at hook points into a store",
+                       description="Run a model over a token source and write the "
+                       "activations at the given hook points to runs/NAME/activations.")
+    h.add_argument("--model", required=True, help="othello, pycode, a TransformerLens "
+                   "pretrained name, or a local model folder")
+    h.add_argument("--hook", action="append", required=True,
+                   help="hook point, e.g. blocks.3.hook_resid_post (repeat for several)")
+    h.add_argument("--tokens", type=int, required=True, help="number of tokens to harvest")
+    h.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    h.add_argument("--source", default=None, help="othello | pycode[:train] | hf:DATASET[:SPLIT]"
+                   " | path to .txt/.jsonl/.parquet (default: the embedded model's corpus)")
+    h.add_argument("--n-ctx", type=int, default=None, help="context length (default: the "
+                   "model's, at most 128)")
+    h.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
+    h.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    h.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
+    h.add_argument("--shard-rows", type=int, default=2**18, help="rows per shard file")
+    h.add_argument("--device", default="cpu")
+    h.set_defaults(func=_cmd_harvest)
+
+    i = sub.add_parser("info", help="summarise an activation store or run folder",
+                       description="Print the manifest summary of a store (validating its files).")
+    i.add_argument("path", help="runs/NAME or a store folder")
+    i.set_defaults(func=_cmd_info)
+
+    m = sub.add_parser("model", help="list, train, evaluate the embedded models",
+                       description="list: the embedded models; train NAME: reproduce one from "
+                       "scratch into saes/models/NAME; eval NAME: measure its figures; "
+                       "hooks NAME: list its hook points.")
+    m.add_argument("action", choices=["list", "train", "eval", "hooks"])
+    m.add_argument("name", nargs="?", help="othello or pycode (any loadable model for hooks)")
+    m.add_argument("--steps", type=int, default=None, help="train: override the recipe's steps")
+    m.add_argument("--threads", type=int, default=None, help="train: torch threads")
+    m.add_argument("--write", action="store_true", help="eval: write metrics.json")
+    m.add_argument("--quick", action="store_true", help="eval: a small, fast sample")
+    m.set_defaults(func=_cmd_model)
+
+    d = sub.add_parser("demo", help="the main job on the embedded default",
+                       description="Harvest activations from the embedded othello model and "
+                       "print a summary of the store.")
+    d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    d.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

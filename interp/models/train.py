@@ -1,0 +1,145 @@
+"""Train an embedded model from scratch: ``interp model train othello|pycode``.
+
+Deterministic given the recipe's seed: batch ``step`` is drawn from a generator seeded with
+``(seed, step)``, so a run that is killed resumes from its last checkpoint (in
+``.train/NAME/``) and produces the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from interp.data import othello as oth
+from interp.data import pycode
+from interp.models.zoo import REPO_ROOT, ZOO, ZooSpec, model_dir
+
+
+class Batches:
+    """Deterministic training batches for one embedded model."""
+
+    def __init__(self, spec: ZooSpec, work: Path, out_dir: Path):
+        self.spec = spec
+        self.seed = spec.recipe.seed
+        if spec.name == "pycode":
+            tok_path = out_dir / "tokenizer.json"
+            if not tok_path.exists():
+                tok = pycode.train_tokenizer(spec.d_vocab)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                tok.save(str(tok_path))
+            tok = pycode.load_tokenizer(tok_path)
+            cache = work / "train_tokens.npy"
+            if not cache.exists():
+                np.save(cache, pycode.encode_corpus(tok, "train"))
+            self.stream = np.load(cache)
+            self.bos = tok.token_to_id(pycode.BOS_TOKEN)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n_ctx = self.spec.recipe.batch_size, self.spec.n_ctx
+        rng = np.random.default_rng([self.seed, step])
+        if self.spec.name == "othello":
+            toks = oth.generate_games(b, rng).tokens(with_bos=True)  # (B, 61)
+            inp, tgt = toks[:, :n_ctx], toks[:, 1:n_ctx + 1]
+            mask = tgt != oth.PAD
+        else:
+            starts = rng.integers(0, len(self.stream) - n_ctx, size=b)
+            windows = np.stack([self.stream[s:s + n_ctx] for s in starts]).astype(np.int64)
+            inp = np.concatenate([np.full((b, 1), self.bos), windows[:, :-1]], axis=1)
+            tgt, mask = windows, np.ones_like(windows, dtype=bool)
+        return torch.from_numpy(inp), torch.from_numpy(tgt), torch.from_numpy(mask)
+
+
+def lr_at(step: int, spec: ZooSpec) -> float:
+    r = spec.recipe
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    progress = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
+    return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def masked_ce(logits: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
+    mask = mask.flatten().float()
+    return (loss * mask).sum() / mask.sum()
+
+
+def _save_checkpoint(path: Path, model, opt, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None = None,
+                   steps: int | None = None, threads: int | None = None,
+                   evaluate: bool = True) -> Path:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from interp.models.io import save_zoo_model
+
+    if name not in ZOO:
+        raise ValueError(f"unknown embedded model {name!r}; valid: {sorted(ZOO)}")
+    spec = ZOO[name]
+    if steps is not None:
+        from dataclasses import replace
+        spec = replace(spec, recipe=replace(spec.recipe, steps=steps))
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir or model_dir(name))
+    work = Path(work_dir or REPO_ROOT / ".train" / name)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.recipe.seed)
+    model = HookedTransformer(HookedTransformerConfig(**spec.transformer_config()))
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.recipe.lr, betas=(0.9, 0.99),
+                            weight_decay=spec.recipe.weight_decay)
+    ckpt_path = work / "checkpoint.pt"
+    start = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        print(f"resuming {name} from step {start} ({ckpt_path})")
+    batches = Batches(spec, work, out_dir)
+    log = open(work / "train_log.jsonl", "a")
+    t0 = time.time()
+    bar = tqdm(range(start, spec.recipe.steps), initial=start, total=spec.recipe.steps,
+               desc=f"train {name}")
+    ema = None
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, spec)
+        inp, tgt, mask = batches(step)
+        loss = masked_ce(model(inp, return_type="logits"), tgt, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}")
+        if (step + 1) % 50 == 0:
+            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "loss_ema": ema,
+                                  "lr": lr_at(step, spec),
+                                  "elapsed_s": time.time() - t0}) + "\n")
+            log.flush()
+        if (step + 1) % spec.recipe.checkpoint_every == 0 or step + 1 == spec.recipe.steps:
+            _save_checkpoint(ckpt_path, model, opt, step + 1)
+    log.close()
+    meta = {"train_steps": spec.recipe.steps, "train_seconds_this_run": time.time() - t0,
+            "recipe": spec.to_dict()}
+    if name == "pycode":
+        files = pycode.corpus_files()
+        meta["corpus"] = {"python_version": pycode.python_version(),
+                          "n_files": len(files), "digest": pycode.corpus_digest(files),
+                          "train_tokens": int(len(batches.stream))}
+    save_zoo_model(model, spec, out_dir, meta)
+    if evaluate:
+        from interp.models.evaluate import evaluate_embedded
+        evaluate_embedded(name, write=True)
+    return out_dir
