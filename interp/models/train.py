@@ -1,5 +1,11 @@
 """Train an embedded model from scratch: ``interp model train othello|pycode``.
 
+Othello's loss is the cross-entropy against the exact next-move distribution of the data
+(uniform over the legal moves, known from the game engine) instead of against the one move
+that was sampled: both have the same minimiser, the exact one with far less variance, which
+is what lets a small model learn legality within the CPU budget. pycode uses the usual
+next-token loss.
+
 Deterministic given the recipe's seed: batch ``step`` is drawn from a generator seeded with
 ``(seed, step)``, so a run that is killed resumes from its last checkpoint (in
 ``.train/NAME/``) and produces the same weights as an uninterrupted one.
@@ -45,15 +51,26 @@ class Batches:
         b, n_ctx = self.spec.recipe.batch_size, self.spec.n_ctx
         rng = np.random.default_rng([self.seed, step])
         if self.spec.name == "othello":
-            toks = oth.generate_games(b, rng).tokens(with_bos=True)  # (B, 61)
-            inp, tgt = toks[:, :n_ctx], toks[:, 1:n_ctx + 1]
-            mask = tgt != oth.PAD
+            games = oth.generate_games(b, rng)
+            toks = games.tokens(with_bos=True)  # (B, 61)
+            inp = toks[:, :n_ctx]
+            tgt = othello_next_move_distribution(games, n_ctx)
+            mask = games.moves[:, :n_ctx] >= 0
         else:
             starts = rng.integers(0, len(self.stream) - n_ctx, size=b)
             windows = np.stack([self.stream[s:s + n_ctx] for s in starts]).astype(np.int64)
             inp = np.concatenate([np.full((b, 1), self.bos), windows[:, :-1]], axis=1)
             tgt, mask = windows, np.ones_like(windows, dtype=bool)
         return torch.from_numpy(inp), torch.from_numpy(tgt), torch.from_numpy(mask)
+
+
+def othello_next_move_distribution(games: oth.OthelloGames, n_ctx: int) -> np.ndarray:
+    """(N, n_ctx, vocab) float32: at position t, uniform over the legal moves before move t+1."""
+    legal = np.zeros((len(games), n_ctx, oth.VOCAB_SIZE), dtype=np.float32)
+    legal[:, 0, oth.SQUARE_TO_TOKEN[oth.OthelloBoard().legal_moves()]] = 1
+    legal[:, 1:, 1:61] = games.legal_mask()[:, : n_ctx - 1][..., list(oth.PLAYABLE)]
+    total = legal.sum(-1, keepdims=True)
+    return legal / np.maximum(total, 1)
 
 
 def lr_at(step: int, spec: ZooSpec) -> float:
@@ -65,7 +82,11 @@ def lr_at(step: int, spec: ZooSpec) -> float:
 
 
 def masked_ce(logits: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
+    """Mean cross-entropy over unmasked positions; ``tgt`` holds ids or distributions."""
+    if tgt.is_floating_point():
+        loss = -(tgt * logits.log_softmax(-1)).sum(-1).flatten()
+    else:
+        loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
     mask = mask.flatten().float()
     return (loss * mask).sum() / mask.sum()
 

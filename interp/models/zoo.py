@@ -57,7 +57,7 @@ ZOO: dict[str, ZooSpec] = {
         description="GPT on uniformly random legal Othello games (the Othello-GPT setting); "
                     "tokens: <bos>, the 60 playable squares, <pad>",
         n_layers=6, d_model=128, n_heads=4, d_mlp=512, n_ctx=60, d_vocab=62,
-        recipe=TrainRecipe(steps=5000, batch_size=64, lr=1e-3, warmup_steps=250),
+        recipe=TrainRecipe(steps=4500, batch_size=64, lr=2e-3, warmup_steps=200),
     ),
     "pycode": ZooSpec(
         name="pycode",

@@ -1,0 +1,296 @@
+"""Token sources: fixed-length contexts of token ids for a model.
+
+A source yields 1-D int64 arrays of ``n_ctx`` token ids, each starting with BOS when the
+tokenizer has one. Text is packed SAELens-style: documents are concatenated, each followed
+by EOS, and the stream is cut into ``n_ctx - 1`` token chunks with BOS prepended.
+
+Spec strings (``make_source``): ``othello``, ``pycode[:train|test]``, ``hf:DATASET[:SPLIT]``
+or a local path (``.txt`` file or folder of them, ``.jsonl``, ``.parquet``).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.data import othello as oth
+from interp.errors import DataError, unknown
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+# Training batches of the othello model use seeds (0, step); harvesting defaults elsewhere.
+OTHELLO_HARVEST_SEED = 1_000_000
+_TOKENIZE_BATCH = 64
+
+
+class TokenSource:
+    name: str = "source"
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+
+def pack(docs: Iterable[Sequence[int]], n_ctx: int, bos_id: int | None,
+         eos_id: int | None) -> Iterator[np.ndarray]:
+    """Concatenate ``docs`` (each followed by ``eos_id``) and cut into contexts of ``n_ctx``
+    tokens, the first being ``bos_id`` when given; a final partial context is dropped."""
+    body = n_ctx - 1 if bos_id is not None else n_ctx
+    if body < 1:
+        raise DataError(f"n_ctx must be at least 2 with a BOS token, got {n_ctx}")
+    buf: list[int] = []
+    for doc in docs:
+        buf.extend(int(t) for t in doc)
+        if eos_id is not None:
+            buf.append(eos_id)
+        while len(buf) >= body:
+            chunk, buf = buf[:body], buf[body:]
+            yield np.asarray(([bos_id] if bos_id is not None else []) + chunk, dtype=np.int64)
+
+
+def batches(source: TokenSource, n_ctx: int, batch_size: int,
+            max_contexts: int | None = None) -> Iterator[torch.Tensor]:
+    """(B, n_ctx) int64 batches; the last may be smaller."""
+    if batch_size <= 0:
+        raise DataError(f"batch_size must be positive, got {batch_size}")
+    it = source.contexts(n_ctx)
+    if max_contexts is not None:
+        it = itertools.islice(it, max_contexts)
+    any_yielded = False
+    while True:
+        chunk = list(itertools.islice(it, batch_size))
+        if not chunk:
+            break
+        any_yielded = True
+        yield torch.from_numpy(np.stack(chunk))
+    if not any_yielded:
+        raise DataError(f"empty dataset: the token source {source.describe()} gave no "
+                        f"context of {n_ctx} tokens")
+
+
+# ---------------------------------------------------------------- tokenizers
+class _Tok:
+    """One interface over HF tokenizers and ``tokenizers.Tokenizer`` objects."""
+
+    def __init__(self, tokenizer):
+        if tokenizer is None:
+            raise DataError("this source needs a tokenizer (the model has none)")
+        self.t = tokenizer
+        self.is_hf = hasattr(tokenizer, "bos_token_id")
+        if self.is_hf:
+            self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+            self.name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        else:
+            from interp.data.pycode import BOS_TOKEN, EOT_TOKEN
+            self.bos, self.eos = tokenizer.token_to_id(BOS_TOKEN), tokenizer.token_to_id(EOT_TOKEN)
+            self.name = "tokenizers.Tokenizer"
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        if self.is_hf:
+            return self.t(texts, add_special_tokens=False)["input_ids"]
+        return [e.ids for e in self.t.encode_batch(texts, add_special_tokens=False)]
+
+
+def _tokenized(tok: _Tok, texts: Iterable[str]) -> Iterator[list[int]]:
+    it = iter(texts)
+    while True:
+        chunk = list(itertools.islice(it, _TOKENIZE_BATCH))
+        if not chunk:
+            return
+        yield from tok.encode_many(chunk)
+
+
+# ---------------------------------------------------------------- sources
+class OthelloSource(TokenSource):
+    """One random legal game per context: BOS + its first n_ctx-1 moves."""
+
+    name = "othello"
+    CHUNK = 1024
+
+    def __init__(self, seed: int = OTHELLO_HARVEST_SEED, n_games: int | None = None):
+        self.seed, self.n_games = int(seed), n_games
+
+    def describe(self) -> dict:
+        return {"kind": "othello", "seed": self.seed, "n_games": self.n_games}
+
+    def _chunk(self, i: int) -> oth.OthelloGames:
+        return oth.generate_games(self.CHUNK, np.random.default_rng([self.seed, i]))
+
+    def games(self, start: int, count: int) -> oth.OthelloGames:
+        """The games behind contexts start .. start+count-1 (for their labels)."""
+        first, last = start // self.CHUNK, (start + count - 1) // self.CHUNK
+        parts = [self._chunk(i) for i in range(first, last + 1)]
+        lo = start - first * self.CHUNK
+        fields = {k: np.concatenate([getattr(p, k) for p in parts])[lo:lo + count]
+                  for k in ("moves", "black", "white", "flipped", "legal_next",
+                            "next_player", "mover")}
+        return oth.OthelloGames(**fields)
+
+    def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
+        if not 2 <= n_ctx <= oth.MAX_MOVES + 1:
+            raise DataError(f"othello contexts hold 2..61 tokens, got n_ctx={n_ctx}")
+        produced = 0
+        for i in itertools.count():
+            toks = self._chunk(i).tokens(with_bos=True)[:, :n_ctx]
+            for row in toks:
+                if self.n_games is not None and produced >= self.n_games:
+                    return
+                produced += 1
+                yield row
+
+
+class PycodeSource(TokenSource):
+    """The standard-library corpus of one split, packed."""
+
+    name = "pycode"
+
+    def __init__(self, tokenizer_path: str | Path | None = None, split: str = "test"):
+        from interp.data import pycode
+        from interp.models.zoo import model_dir
+
+        if split not in ("train", "test"):
+            raise DataError(f"unknown pycode split {split!r}; valid: train, test")
+        self.split = split
+        self.tokenizer_path = Path(tokenizer_path or model_dir("pycode") / "tokenizer.json")
+        self.tok = _Tok(pycode.load_tokenizer(self.tokenizer_path))
+
+    def describe(self) -> dict:
+        from interp.data import pycode
+        return {"kind": "pycode", "split": self.split, "python": pycode.python_version(),
+                "tokenizer": str(self.tokenizer_path)}
+
+    def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
+        from interp.data import pycode
+        texts = (t for _, t in pycode.corpus_texts(self.split))
+        return pack(_tokenized(self.tok, texts), n_ctx, self.tok.bos, self.tok.eos)
+
+
+class HFDatasetSource(TokenSource):
+    """A Hugging Face dataset, streamed (never downloaded whole)."""
+
+    name = "hf"
+
+    def __init__(self, path: str, tokenizer, split: str = "train", text_column: str = "text",
+                 config: str | None = None, streaming: bool = True):
+        self.path, self.split, self.text_column = path, split, text_column
+        self.config, self.streaming = config, streaming
+        self.tok = _Tok(tokenizer)
+
+    def describe(self) -> dict:
+        return {"kind": "hf", "dataset": self.path, "config": self.config, "split": self.split,
+                "text_column": self.text_column, "tokenizer": self.tok.name}
+
+    def _dataset(self):
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.path, self.config, split=self.split,
+                                         streaming=self.streaming)
+        except Exception as e:  # hub, network and not-found errors have many types
+            raise DataError(
+                f"could not open the Hugging Face dataset {self.path!r} (split {self.split!r}): "
+                f"the hub could not be reached or the dataset was not found "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+                f"Offline, give a local .txt/.jsonl/.parquet file as the source instead."
+            ) from e
+
+    def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
+        ds = self._dataset()
+
+        def texts():
+            for row in ds:
+                if self.text_column not in row:
+                    raise DataError(f"dataset {self.path!r} has no column {self.text_column!r}; "
+                                    f"its columns: {sorted(row)}")
+                yield row[self.text_column]
+
+        return pack(_tokenized(self.tok, texts()), n_ctx, self.tok.bos, self.tok.eos)
+
+
+class LocalTextSource(TokenSource):
+    """A .txt file (one document), a folder of .txt files, a .jsonl or a .parquet file."""
+
+    name = "local"
+
+    def __init__(self, path: str | Path, tokenizer, text_column: str = "text"):
+        self.path, self.text_column = Path(path), text_column
+        if not self.path.exists():
+            raise DataError(f"no such file or folder: {self.path}")
+        if self.path.is_file() and self.path.suffix not in TEXT_SUFFIXES:
+            raise DataError(f"unsupported file type {self.path.suffix!r} for {self.path}; "
+                            f"valid: {', '.join(TEXT_SUFFIXES)} or a folder of .txt files")
+        self.tok = _Tok(tokenizer)
+
+    def describe(self) -> dict:
+        return {"kind": "local", "path": str(self.path), "text_column": self.text_column,
+                "tokenizer": self.tok.name}
+
+    def texts(self) -> Iterator[str]:
+        p = self.path
+        if p.is_dir():
+            files = sorted(p.rglob("*.txt"))
+            if not files:
+                raise DataError(f"the folder {p} holds no .txt files")
+            for f in files:
+                yield f.read_text(encoding="utf-8", errors="replace")
+        elif p.suffix == ".txt":
+            yield p.read_text(encoding="utf-8", errors="replace")
+        elif p.suffix == ".jsonl":
+            with open(p, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{p}: line {n} is not valid JSON ({e.msg})") from e
+                    if not isinstance(row, dict) or self.text_column not in row:
+                        cols = sorted(row) if isinstance(row, dict) else type(row).__name__
+                        raise DataError(f"{p}: line {n} has no field {self.text_column!r} "
+                                        f"(it has {cols}); choose it with text_column")
+                    yield str(row[self.text_column])
+        else:
+            import pyarrow.parquet as pq
+
+            try:
+                pf = pq.ParquetFile(p)
+            except Exception as e:
+                raise DataError(f"{p} is not a readable parquet file ({e})") from e
+            cols = pf.schema_arrow.names
+            if self.text_column not in cols:
+                raise DataError(f"{p} has no column {self.text_column!r}; its columns: {cols}")
+            for batch in pf.iter_batches(columns=[self.text_column], batch_size=1024):
+                for v in batch.column(0).to_pylist():
+                    if v is not None:
+                        yield str(v)
+
+    def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
+        return pack(_tokenized(self.tok, self.texts()), n_ctx, self.tok.bos, self.tok.eos)
+
+
+SOURCE_KINDS = ["othello", "pycode", "pycode:train", "pycode:test", "hf:DATASET[:SPLIT]",
+                "a path to .txt / folder / .jsonl / .parquet"]
+
+
+def make_source(spec: str, model=None, tokenizer=None, **kwargs) -> TokenSource:
+    """A source from its spec string (see module docstring)."""
+    spec = str(spec)
+    if spec == "othello":
+        return OthelloSource(**kwargs)
+    if spec == "pycode" or spec.startswith("pycode:"):
+        return PycodeSource(split=spec.split(":", 1)[1] if ":" in spec else "test", **kwargs)
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if spec.startswith("hf:"):
+        name, _, split = spec[3:].partition(":")
+        if not name:
+            raise DataError("hf: needs a dataset name, e.g. hf:NeelNanda/pile-10k")
+        return HFDatasetSource(name, tok, split=split or "train", **kwargs)
+    path = Path(spec).expanduser()
+    if path.exists() or path.suffix in TEXT_SUFFIXES:
+        return LocalTextSource(path, tok, **kwargs)
+    raise unknown("token source", spec, SOURCE_KINDS)
