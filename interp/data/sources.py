@@ -169,6 +169,26 @@ class PycodeSource(TokenSource):
         texts = (t for _, t in pycode.corpus_texts(self.split))
         return pack(_tokenized(self.tok, texts), n_ctx, self.tok.bos, self.tok.eos)
 
+    def labels(self, n_ctx: int, start: int = 0, count: int | None = None):
+        """Ground truth (``TokenLabels`` of shape (count, n_ctx)) of contexts
+        start .. start+count-1 as :meth:`contexts` yields them; BOS gets zero labels."""
+        from interp.data import pycode
+        from interp.data.pycode_labels import TokenLabels, label_texts
+
+        ids, labels = label_texts(self.tok.t, [t for _, t in pycode.corpus_texts(self.split)],
+                                  self.tok.eos)
+        body = n_ctx - 1
+        available = len(ids) // body
+        count = available - start if count is None else count
+        if start < 0 or count < 0 or start + count > available:
+            raise DataError(f"contexts {start}..{start + count - 1} out of range: the {self.split}"
+                            f" split holds {available} contexts of {n_ctx} tokens")
+        rows = labels[start * body:(start + count) * body]
+        bos = TokenLabels.empty(count)
+        return TokenLabels(**{k: np.concatenate([getattr(bos, k)[:, None],
+                                                 getattr(rows, k).reshape(count, body)], 1)
+                              for k in bos.as_dict()})
+
 
 class HFDatasetSource(TokenSource):
     """A Hugging Face dataset, streamed (never downloaded whole)."""
