@@ -73,6 +73,25 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out=args.out, n_tokens=args.tokens)
 
 
+def _cmd_app(args: argparse.Namespace) -> None:
+    import subprocess
+    from pathlib import Path
+
+    from interp.models.zoo import REPO_ROOT
+
+    app = REPO_ROOT / "apps" / "interp_app.py"
+    if not Path(args.run).exists():
+        raise SystemExit(f"error: no run folder at {args.run}; create one with `interp harvest` "
+                         f"or `make demo`")
+    print(f"interp app for {args.run}: http://localhost:{args.port}")
+    import os
+
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    env = {**os.environ, "INTERP_RUN": str(Path(args.run).resolve())}
+    raise SystemExit(subprocess.call(cmd, env=env))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0] + " "
                                 "Run `interp SUBCOMMAND --help` for each subcommand.")
@@ -121,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     d.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest")
     d.set_defaults(func=_cmd_demo)
+
+    a = sub.add_parser("app", help="browse a run folder in the Streamlit app",
+                       description="Start the Streamlit app on a run folder (it only reads).")
+    a.add_argument("run", nargs="?", default="runs/demo", help="run folder (default runs/demo)")
+    a.add_argument("--port", type=int, default=8501)
+    a.set_defaults(func=_cmd_app)
     return p
 
 

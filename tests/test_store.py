@@ -167,3 +167,19 @@ def test_manifest_records_metadata(tmp_path):
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert m["complete"] and m["model"] == "toy" and m["n_tokens"] == 8 * P
     assert m["hooks"]["blocks.0.hook_resid_post"]["d_in"] == D and "code_version" in m
+
+
+def test_top_rows_and_unit_values_match_a_full_read(tmp_path):
+    write_store(tmp_path / "s", n_contexts=50, shard_rows=40)
+    s = ActivationStore(tmp_path / "s")
+    hook = "blocks.0.hook_resid_post"
+    full = s.read_range(0, s.n_rows, hook)
+    for unit in range(D):
+        rows, vals = s.top_rows(unit, k=7, hook=hook)
+        ref = full[:, unit].topk(7)
+        np.testing.assert_array_equal(vals, ref.values.numpy())
+        np.testing.assert_array_equal(full[rows, unit].numpy(), vals)
+        np.testing.assert_array_equal(s.unit_values(unit, hook), full[:, unit].numpy())
+    assert s.unit_values(0, hook, max_rows=33).shape == (33,)
+    with pytest.raises(DataError, match="unit 4 is out of range.*valid 0..3"):
+        s.top_rows(4, hook=hook)

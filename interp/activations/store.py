@@ -271,7 +271,9 @@ class ActivationStore:
         return self._maps[key]
 
     def _to_torch(self, a: np.ndarray, dtype: torch.dtype | None) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        if not (a.flags.writeable and a.flags.c_contiguous):
+            a = np.array(a)  # a memory-mapped slice: copy it into RAM
+        t = torch.from_numpy(a)
         if self.dtype == "bfloat16":
             t = t.view(torch.bfloat16)
         return t if dtype is None else t.to(dtype)
@@ -381,6 +383,50 @@ class ActivationStore:
                 else:
                     yield self.read(pending, hook, dtype)
             epoch += 1
+
+    def iter_chunks(self, hook: str | None = None, chunk_rows: int = 2**16,
+                    dtype: torch.dtype | None = torch.float32
+                    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, activations) over the whole store in row order, a chunk at a time."""
+        hook = self._hook(hook)
+        sub = self.manifest["hooks"][hook]["dir"]
+        for i, shard in enumerate(self._shards):
+            data = self._map(sub, i)
+            for a in range(0, shard.rows, chunk_rows):
+                yield shard.row_start + a, self._to_torch(data[a:a + chunk_rows], dtype)
+
+    def _check_unit(self, unit: int, hook: str) -> None:
+        d = self.d_in(hook)
+        if not 0 <= unit < d:
+            raise DataError(f"unit {unit} is out of range for {hook!r}: valid 0..{d - 1}")
+
+    def unit_values(self, unit: int, hook: str | None = None,
+                    max_rows: int | None = None) -> np.ndarray:
+        """float32 values of activation dimension ``unit`` over the first ``max_rows`` rows."""
+        hook = self._hook(hook)
+        self._check_unit(unit, hook)
+        out, n = [], 0
+        for _, chunk in self.iter_chunks(hook):
+            take = chunk[:, unit] if max_rows is None else chunk[: max_rows - n, unit]
+            out.append(take.numpy())
+            n += take.shape[0]
+            if max_rows is not None and n >= max_rows:
+                break
+        return np.concatenate(out) if out else np.empty(0, np.float32)
+
+    def top_rows(self, unit: int, k: int = 20, hook: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` rows where dimension ``unit`` is largest: (rows, values), descending."""
+        hook = self._hook(hook)
+        self._check_unit(unit, hook)
+        best_v = torch.empty(0)
+        best_r = torch.empty(0, dtype=torch.long)
+        for start, chunk in self.iter_chunks(hook):
+            v = torch.cat([best_v, chunk[:, unit]])
+            r = torch.cat([best_r, torch.arange(start, start + chunk.shape[0])])
+            top = v.topk(min(k, v.numel())).indices
+            best_v, best_r = v[top], r[top]
+        return best_r.numpy(), best_v.numpy()
 
     def batches_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
         return self.n_rows // batch_size if drop_last else math.ceil(self.n_rows / batch_size)

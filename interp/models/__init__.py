@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -114,3 +115,39 @@ def _load_pretrained(name: str, device, **kwargs):
 
 def hook_names(model) -> list[str]:
     return list(model.hook_dict)
+
+
+
+def token_strings(name: str, ids) -> list[str]:
+    """Readable strings of token ``ids`` of model ``name``, without loading its weights.
+
+    Embedded models use their own vocabularies (Othello squares such as ``d3``; pycode's
+    BPE pieces); other models their Hugging Face tokenizer from the local cache. When no
+    tokenizer can be found the ids are shown as ``#id``.
+    """
+    decode = _decoder(str(name))
+    return [decode(int(i)) for i in ids]
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(name: str):
+    if name == "othello":
+        from interp.data.othello import token_names
+
+        names = token_names()
+        return lambda i: names[i] if 0 <= i < len(names) else f"#{i}"
+    if name == "pycode":
+        from interp.data.pycode import load_tokenizer
+
+        tok = load_tokenizer(model_dir("pycode") / "tokenizer.json")
+        return lambda i: tok.decode([i], skip_special_tokens=False)
+    try:
+        from transformer_lens import loading_from_pretrained as loading
+        from transformers import AutoTokenizer
+
+        path = Path(name)
+        source = str(path) if path.is_dir() else loading.get_official_model_name(name)
+        hf = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        return lambda i: hf.decode([i])
+    except Exception:  # no tokenizer here: ids are still informative
+        return lambda i: f"#{i}"
