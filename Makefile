@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # your CUDA build of torch into .venv first (`make TORCH_SPEC= venv` skips this step).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test test-fast clean train-othello train-pycode
+.PHONY: venv demo app test test-fast clean train-othello train-pycode
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/interp demo
+
+app: venv
+	$(VENV)/bin/interp app runs/demo
 
 test: venv
 	$(PY) -m pytest -q

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 DEMO_HOOKS = ["blocks.3.hook_resid_post", "blocks.5.hook_resid_post"]
+PROBE_ROWS = 30_000
 
 
 def run_demo(out: str = "runs/demo", n_tokens: int = 200_000) -> dict:
@@ -44,11 +45,12 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000) -> dict:
     print(f"      one epoch of {n_rows:,} rows in {time.time() - t0:.2f}s; "
           f"mean squared norm at {hook}: {sq_norm / n_rows:.2f}")
 
-    print("[3/3] linear board-state probe (empty/mine/theirs per square) on the stored rows")
+    print(f"[3/3] linear board-state probe (empty/mine/theirs per square) on the first "
+          f"{min(store.n_rows, PROBE_ROWS):,} stored rows")
     source = OthelloSource(**{k: v for k, v in store.manifest["source"].items()
                               if k in ("seed",)})
     games = source.games(0, store.n_contexts)
-    rows = np.arange(store.n_rows)
+    rows = np.arange(min(store.n_rows, PROBE_ROWS))  # whole games: 80% fit, 20% test
     ctx, pos = store.locate(rows)
     move = pos - 1  # position p has just read move p-1
     valid = games.moves[ctx, move] >= 0

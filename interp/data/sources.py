@@ -149,7 +149,7 @@ class PycodeSource(TokenSource):
 
     name = "pycode"
 
-    def __init__(self, tokenizer_path: str | Path | None = None, split: str = "test"):
+    def __init__(self, tokenizer_path: str | Path | None = None, split: str = "train"):
         from interp.data import pycode
         from interp.models.zoo import model_dir
 
@@ -303,7 +303,7 @@ def make_source(spec: str, model=None, tokenizer=None, **kwargs) -> TokenSource:
     if spec == "othello":
         return OthelloSource(**kwargs)
     if spec == "pycode" or spec.startswith("pycode:"):
-        return PycodeSource(split=spec.split(":", 1)[1] if ":" in spec else "test", **kwargs)
+        return PycodeSource(split=spec.split(":", 1)[1] if ":" in spec else "train", **kwargs)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if spec.startswith("hf:"):
         name, _, split = spec[3:].partition(":")

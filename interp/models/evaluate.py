@@ -86,7 +86,7 @@ def _residuals(model, toks: torch.Tensor, batch_size: int = 250) -> list[torch.T
     return [torch.cat(o) for o in outs]
 
 
-def othello_board_probe(model, n_train: int = 2000, n_test: int = 500) -> dict:
+def othello_board_probe(model, n_train: int = 600, n_test: int = 200) -> dict:
     games = oth.generate_games(n_train + n_test, EVAL_SEED + 1)
     T = model.cfg.n_ctx
     toks = torch.from_numpy(games.tokens(with_bos=True)[:, :T])
@@ -158,7 +158,7 @@ def evaluate_embedded(name: str, write: bool = False, quick: bool = False) -> di
     model = load(name)
     if name == "othello":
         res = othello_legal_move_accuracy(model, n_games=200 if quick else 2000)
-        res.update(othello_board_probe(model, *((300, 100) if quick else (2000, 500))))
+        res.update(othello_board_probe(model, *((200, 100) if quick else (600, 200))))
     elif name == "pycode":
         res = pycode_heldout_loss(model, max_contexts=100 if quick else None)
     else:
