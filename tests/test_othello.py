@@ -130,3 +130,18 @@ def test_tokens_and_labels_shapes():
 def test_generate_rejects_bad_count():
     with pytest.raises(ValueError, match="positive"):
         oth.generate_games(0)
+
+
+def test_training_target_is_uniform_over_the_legal_next_moves():
+    from interp.models.train import othello_next_move_distribution
+
+    g = oth.generate_games(20, 11)
+    dist = othello_next_move_distribution(g, 60)
+    assert dist.shape == (20, 60, oth.VOCAB_SIZE)
+    for i in range(3):
+        board = OthelloBoard()
+        for t, m in enumerate(int(x) for x in g.moves[i] if x >= 0):
+            legal = oth.SQUARE_TO_TOKEN[board.legal_moves()]
+            np.testing.assert_allclose(dist[i, t, legal], 1 / len(legal))
+            assert dist[i, t].sum() == pytest.approx(1) and dist[i, t, oth.SQUARE_TO_TOKEN[m]] > 0
+            board.play(m)
