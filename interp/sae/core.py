@@ -1,0 +1,439 @@
+"""One sparse autoencoder core; the variants differ in activation, loss and init only.
+
+``z = (x - b_dec) @ W_enc + b_enc``, ``a = act(z)``, ``x_hat = a @ W_dec + b_dec``, with
+SAELens's parameter layout (``W_enc`` is (d_in, d_sae), ``W_dec`` is (d_sae, d_in)).
+
+Architectures (``SAEConfig.arch``):
+
+============== ======================================== =====================================
+arch           activation                               training loss
+============== ======================================== =====================================
+relu           ReLU                                     MSE + l1 * sum_i a_i * ||W_dec[i]||
+jumprelu       z * H(z - theta), learned theta          MSE + l0 * ||a||_0 (straight-through)
+ksparse        the k largest z, signs kept (no ReLU)    MSE (k may be annealed down to k)
+topk           ReLU of the k largest z                  MSE + aux_alpha * AuxK(dead latents)
+batchtopk      the batch's B*k largest ReLU(z)          as topk; inference: z * H(z - theta)
+matryoshka     as batchtopk                             sum over prefixes m_i of MSE(first m_i)
+hierarchical   ReLU of the K largest z, sorted          mean over k' <= K of MSE(first k')
+_topk
+============== ======================================== =====================================
+
+The top-k family keeps its codes sparse, ``values`` and ``indices`` of shape (B, K), and
+decodes by gathering K decoder rows (``embedding_bag``), never forming a dense (B, d_sae)
+activation. Activations are expected normalized by one scalar during training
+(``fold_activation_scale`` folds it into the weights for saving).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interp.errors import DataError, unknown
+
+ARCHITECTURES = ("relu", "jumprelu", "ksparse", "topk", "batchtopk", "matryoshka",
+                 "hierarchical_topk")
+TOPK_FAMILY = ("ksparse", "topk", "batchtopk", "matryoshka", "hierarchical_topk")
+THRESHOLD_ARCHS = ("jumprelu", "batchtopk", "matryoshka")  # inference by a threshold
+
+
+@dataclass
+class SAEConfig:
+    d_in: int
+    d_sae: int
+    arch: str = "topk"
+    k: int = 32                     # top-k family: active latents per token (K for hierarchical)
+    # ksparse
+    tied: bool = False              # W_dec = W_enc^T throughout training
+    k_start: int | None = None      # anneal k from k_start down to k ...
+    k_anneal_steps: int = 0         # ... linearly over this many steps
+    # topk / batchtopk / matryoshka: AuxK on dead latents
+    k_aux: int | None = None        # default d_in // 2
+    aux_alpha: float = 1 / 32
+    # batchtopk / matryoshka: inference threshold as a running mean of the batch's cut-off
+    threshold_momentum: float = 0.01
+    # matryoshka: nested prefix sizes (ascending, last = d_sae), or sampled each batch
+    prefixes: tuple[int, ...] | None = None
+    n_sampled_prefixes: int = 0     # > 0: sample this many prefix sizes per batch instead
+    # relu / jumprelu
+    l1_coeff: float = 5.0
+    l0_coeff: float = 1.0
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.05
+    # init
+    tied_init: bool = True          # W_enc = W_dec^T at init
+    b_dec_init: str = "geometric_median"  # or "mean", "zeros"
+    seed: int = 0
+    # provenance (written to cfg.json metadata)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prefixes is not None:
+            self.prefixes = tuple(int(p) for p in self.prefixes)
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.arch != "relu"  # relu weights its L1 penalty by the decoder norms instead
+
+    def validate(self) -> "SAEConfig":
+        if self.arch not in ARCHITECTURES:
+            raise unknown("SAE architecture", self.arch, ARCHITECTURES)
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise DataError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        if self.arch in TOPK_FAMILY:
+            if not 1 <= self.k <= self.d_sae:
+                raise DataError(f"k={self.k} must lie in [1, d_sae={self.d_sae}] for {self.arch}")
+            if self.k_start is not None and not self.k <= self.k_start <= self.d_sae:
+                raise DataError(f"k_start={self.k_start} must lie in [k={self.k}, "
+                                f"d_sae={self.d_sae}]")
+        if self.tied and self.arch != "ksparse":
+            raise DataError("tied weights are an option of the ksparse architecture only")
+        if self.arch == "matryoshka" and not self.n_sampled_prefixes:
+            p = self.prefixes or (self.d_sae,)
+            if list(p) != sorted(set(p)) or p[0] < 1 or p[-1] != self.d_sae:
+                raise DataError(f"matryoshka prefixes must be strictly increasing and end at "
+                                f"d_sae={self.d_sae}, got {list(p)}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise unknown("b_dec_init", self.b_dec_init, ["geometric_median", "mean", "zeros"])
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["prefixes"] = list(self.prefixes) if self.prefixes else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAEConfig":
+        names = {f.name for f in fields(cls)}
+        unknown_keys = sorted(set(d) - names)
+        if unknown_keys:
+            raise DataError(f"unknown SAE config keys {unknown_keys}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass
+class SAEOutput:
+    """What one forward pass computed. Sparse archs fill values/indices, dense ones acts."""
+
+    x_hat: torch.Tensor                   # (B, d_in)
+    pre: torch.Tensor                     # (B, d_sae) encoder pre-activations z
+    values: torch.Tensor | None = None    # (B, K) active values (0 marks padding)
+    indices: torch.Tensor | None = None   # (B, K) their latent ids
+    acts: torch.Tensor | None = None      # (B, d_sae) dense activations
+
+    def dense(self) -> torch.Tensor:
+        if self.acts is not None:
+            return self.acts
+        out = torch.zeros_like(self.pre)
+        return out.scatter_add(1, self.indices, self.values)
+
+    def l0(self) -> torch.Tensor:
+        """(B,) active latents per row."""
+        if self.acts is not None:
+            return (self.acts != 0).sum(1)
+        return (self.values != 0).sum(1)
+
+
+# ------------------------------------------------------------------ activations
+class _JumpReLU(torch.autograd.Function):
+    """z * H(z - theta); d/dtheta by a rectangle-kernel straight-through estimator."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad * (z > theta)
+        window = ((z - theta).abs() < eps / 2).to(grad.dtype)
+        grad_theta = (grad * -(theta / eps) * window).sum(0)
+        return grad_z, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(z - theta); d/dtheta by the same straight-through estimator (for the L0 penalty)."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        window = ((z - theta).abs() < eps / 2).to(grad.dtype)
+        return torch.zeros_like(z), (grad * -(1 / eps) * window).sum(0), None
+
+
+def batch_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The B*k largest entries of ReLU(z) over the whole batch, packed per row as
+    (values, indices) of shape (B, K_max); padding has value 0 and index 0."""
+    b, m = z.shape
+    flat = z.relu().flatten()
+    top = flat.topk(min(b * k, flat.numel()), sorted=False).indices
+    top = top.sort().values  # row-major: rows come out grouped
+    rows, cols = top // m, top % m
+    counts = torch.bincount(rows, minlength=b)
+    k_max = max(int(counts.max()), 1)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(top.numel(), device=z.device) - starts[rows]
+    values = z.new_zeros(b, k_max)
+    indices = torch.zeros(b, k_max, dtype=torch.long, device=z.device)
+    values = values.index_put((rows, slot), flat[top])
+    indices[rows, slot] = cols
+    return values, indices
+
+
+# ------------------------------------------------------------------ the core
+class SparseAutoencoder(nn.Module):
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        d, m = cfg.d_in, cfg.d_sae
+        g = torch.Generator().manual_seed(cfg.seed)
+        w_dec = torch.randn(m, d, generator=g)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+        if cfg.arch == "relu":
+            w_dec = w_dec * 0.1  # small decoder norms, as the L1-weighted recipe starts
+        self.W_enc = nn.Parameter(w_dec.T.clone() if cfg.tied_init or cfg.tied else
+                                  torch.randn(d, m, generator=g) / math.sqrt(d))
+        self._W_dec = None if cfg.tied else nn.Parameter(w_dec.clone())
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.arch == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((m,), math.log(cfg.jumprelu_init_threshold)))
+        if cfg.arch in ("batchtopk", "matryoshka"):
+            self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
+        self.register_buffer("activation_scale", torch.tensor(1.0))
+
+    # -------------------------------------------------------------- parameters
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.W_enc.T if self.cfg.tied else self._W_dec
+
+    def decoder_parameter(self) -> nn.Parameter:
+        """The parameter whose rows (or columns, when tied) are the decoder directions."""
+        return self.W_enc if self.cfg.tied else self._W_dec
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        if not self.cfg.unit_norm_decoder:
+            return
+        if self.cfg.tied:
+            self.W_enc.div_(self.W_enc.norm(dim=0, keepdim=True).clamp_min(1e-8))
+        else:
+            self._W_dec.div_(self._W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project out the gradient component along each (unit-norm) decoder direction, so
+        the optimizer step moves the directions on the sphere rather than scaling them."""
+        if not self.cfg.unit_norm_decoder:
+            return
+        p = self.decoder_parameter()
+        if p.grad is None:
+            return
+        dim = 0 if self.cfg.tied else 1
+        parallel = (p.grad * p).sum(dim, keepdim=True)
+        p.grad.sub_(parallel * p)
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: torch.Tensor) -> None:
+        """b_dec from a sample of (normalized) activations, by ``cfg.b_dec_init``."""
+        if self.cfg.b_dec_init == "zeros":
+            return
+        if sample.ndim != 2 or sample.shape[1] != self.cfg.d_in:
+            raise DataError(f"init sample has shape {tuple(sample.shape)}, expected "
+                            f"(n, d_in={self.cfg.d_in})")
+        sample = sample.float()
+        self.b_dec.copy_(geometric_median(sample) if self.cfg.b_dec_init == "geometric_median"
+                         else sample.mean(0))
+
+    # -------------------------------------------------------------- forward
+    def k_at(self, step: int | None) -> int:
+        c = self.cfg
+        if step is None or c.k_start is None or c.k_anneal_steps <= 0:
+            return c.k
+        frac = min(1.0, step / c.k_anneal_steps)
+        return int(round(c.k_start + (c.k - c.k_start) * frac))
+
+    def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def forward(self, x: torch.Tensor, step: int | None = None) -> SAEOutput:
+        """Inference and training forward. ``step`` (training only) drives k annealing;
+        batch-level selection (batchtopk, matryoshka) happens in training mode only."""
+        if x.shape[-1] != self.cfg.d_in:
+            raise DataError(f"input has d={x.shape[-1]}, this SAE takes d_in={self.cfg.d_in}")
+        z = self.encode_pre(x)
+        arch = self.cfg.arch
+        if arch == "relu":
+            acts = z.relu()
+            return SAEOutput(self.decode_dense(acts), z, acts=acts)
+        if arch == "jumprelu":
+            acts = _JumpReLU.apply(z, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+            return SAEOutput(self.decode_dense(acts), z, acts=acts)
+        if arch in ("batchtopk", "matryoshka"):
+            if self.training:
+                values, indices = batch_topk(z, self.cfg.k)
+                self._update_threshold(values)
+            else:
+                if float(self.threshold) < 0:
+                    raise DataError(f"this {arch} SAE has no inference threshold yet: train it "
+                                    f"(the threshold is estimated during training)")
+                acts = z * (z > self.threshold)
+                return SAEOutput(self.decode_dense(acts), z, acts=acts)
+        else:
+            k = self.k_at(step if self.training else None)
+            if arch == "ksparse":
+                values, indices = z.topk(k, dim=1, sorted=False)
+            else:
+                values, indices = z.topk(k, dim=1, sorted=arch == "hierarchical_topk")
+                values = values.relu()
+        return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+
+    @torch.no_grad()
+    def _update_threshold(self, values: torch.Tensor) -> None:
+        kept = values[values > 0]
+        if kept.numel() == 0:
+            return
+        cut = kept.min()
+        if float(self.threshold) < 0:
+            self.threshold.copy_(cut)
+        else:
+            self.threshold.lerp_(cut, self.cfg.threshold_momentum)
+
+    def decode_dense(self, acts: torch.Tensor) -> torch.Tensor:
+        return acts @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec, gathering only K rows."""
+        w = self.W_dec if not self.cfg.tied else self.W_enc.T
+        out = F.embedding_bag(indices, w, per_sample_weights=values, mode="sum")
+        return out + self.b_dec
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense (B, d_sae) activations, as SAELens's ``encode`` returns them."""
+        was = self.training
+        self.eval()
+        try:
+            return self.forward(x).dense()
+        finally:
+            self.train(was)
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.decode_dense(acts)
+
+    # -------------------------------------------------------------- losses
+    def loss(self, x: torch.Tensor, step: int = 0, dead: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, SAEOutput, dict]:
+        """Training loss on a batch of normalized activations.
+
+        ``dead`` (d_sae,) bool marks latents that have not fired recently (for AuxK).
+        Returns (total loss, forward output, dict of float loss terms).
+        """
+        out = self.forward(x, step)
+        mse = (out.x_hat - x).square().sum(1).mean()
+        terms = {"mse": mse}
+        arch = self.cfg.arch
+        if arch == "relu":
+            terms["l1"] = self.cfg.l1_coeff * (out.acts * self.W_dec.norm(dim=1)).sum(1).mean()
+        elif arch == "jumprelu":
+            l0 = _Step.apply(out.pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+            terms["l0"] = self.cfg.l0_coeff * l0.sum(1).mean()
+        elif arch == "matryoshka":
+            terms["mse"] = self.matryoshka_mse(x, out, generator)
+        elif arch == "hierarchical_topk":
+            terms["mse"] = self.hierarchical_mse(x, out)
+        if arch in ("topk", "batchtopk", "matryoshka") and dead is not None and dead.any():
+            terms["aux"] = self.cfg.aux_alpha * self.aux_loss(x, out, dead)
+        total = sum(terms.values())
+        return total, out, {k: float(v.detach()) for k, v in terms.items()}
+
+    def aux_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor) -> torch.Tensor:
+        """AuxK: the top k_aux dead latents reconstruct the main residual (Gao et al.)."""
+        k_aux = min(self.cfg.k_aux or self.cfg.d_in // 2, int(dead.sum()))
+        residual = (x - out.x_hat).detach()
+        z_dead = out.pre.masked_fill(~dead, float("-inf"))
+        values, indices = z_dead.topk(k_aux, dim=1, sorted=False)
+        values = values.relu()
+        recon = self.decode_sparse(values, indices) - self.b_dec
+        return (recon - residual).square().sum(1).mean()
+
+    def prefix_sizes(self, generator: torch.Generator | None = None) -> list[int]:
+        c = self.cfg
+        if c.n_sampled_prefixes:
+            cuts = torch.randint(1, c.d_sae, (c.n_sampled_prefixes,), generator=generator)
+            return sorted(set(cuts.tolist())) + [c.d_sae]
+        return list(c.prefixes or (c.d_sae,))
+
+    def matryoshka_mse(self, x: torch.Tensor, out: SAEOutput,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sum over prefixes m_i of the MSE of the reconstruction from latents < m_i."""
+        total = x.new_zeros(())
+        for m in self.prefix_sizes(generator):
+            keep = out.values * (out.indices < m)
+            x_hat = self.decode_sparse(keep, out.indices)
+            total = total + (x_hat - x).square().sum(1).mean()
+        return total
+
+    def hierarchical_mse(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:
+        """Mean over k' = 1..K of the MSE of the reconstruction from the top-k' latents.
+
+        One pass: the gathered decoder rows scaled by their (sorted) values are summed
+        cumulatively, giving every prefix reconstruction at once.
+        """
+        contrib = out.values.unsqueeze(-1) * self.W_dec[out.indices]   # (B, K, d)
+        x_hats = contrib.cumsum(1) + self.b_dec                          # (B, K, d)
+        return (x_hats - x.unsqueeze(1)).square().sum(-1).mean()
+
+    def forward_at_k(self, x: torch.Tensor, k: int) -> SAEOutput:
+        """HierarchicalTopK (or any top-k SAE) at a smaller k' <= K."""
+        if self.cfg.arch not in TOPK_FAMILY or not 1 <= k <= self.cfg.k:
+            raise DataError(f"k'={k} must lie in [1, {self.cfg.k}] for a top-k SAE")
+        z = self.encode_pre(x)
+        values, indices = z.topk(k, dim=1)
+        if self.cfg.arch != "ksparse":
+            values = values.relu()
+        return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+
+    # -------------------------------------------------------------- saving
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> None:
+        """Make the SAE take raw activations x when it was trained on scale * x."""
+        if self.cfg.tied:
+            raise DataError("a tied ksparse SAE cannot fold a scale (W_dec = W_enc^T); "
+                            "untie it first with untie()")
+        self.W_enc.mul_(scale)
+        self._W_dec.div_(scale)
+        self.b_dec.div_(scale)
+        self.activation_scale.fill_(1.0)
+
+    @torch.no_grad()
+    def untie(self) -> None:
+        if self.cfg.tied:
+            self._W_dec = nn.Parameter(self.W_enc.T.clone())
+            self.cfg.tied = False
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """The point minimising the sum of Euclidean distances (Weiszfeld's algorithm)."""
+    guess = points.mean(0)
+    for _ in range(iters):
+        dist = (points - guess).norm(dim=1).clamp_min(1e-8)
+        w = 1 / dist
+        new = (w[:, None] * points).sum(0) / w.sum()
+        if (new - guess).norm() <= tol * max(1.0, float(guess.norm())):
+            return new
+        guess = new
+    return guess
