@@ -1,0 +1,139 @@
+"""Save and load SAEs in SAELens's format: ``cfg.json`` + ``sae_weights.safetensors``.
+
+``sae_lens.SAE.load_from_disk(folder)`` opens what :func:`save_sae` writes and computes the
+same encodings and reconstructions (the activation scale is folded into the weights first).
+How each architecture is written, as SAELens's inference architecture:
+
+- relu -> ``standard``; topk and hierarchical_topk (at its full K) -> ``topk``;
+- jumprelu -> ``jumprelu``; batchtopk and matryoshka -> ``jumprelu`` with their learned
+  inference threshold on every latent (their inference rule is exactly that);
+- ksparse keeps negative values, which no SAELens architecture does: it is written in the
+  same files with ``architecture: "ksparse"``, readable by :func:`load_sae` only.
+
+Our own full config is stored under the ``interp`` key of ``cfg.json`` (SAELens ignores
+keys it does not know), so :func:`load_sae` restores the exact architecture. Folders that
+SAELens wrote (standard, topk, jumprelu, batchtopk) load too.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from interp.errors import CorruptArtifactError, DataError
+from interp.sae.core import SAEConfig, SparseAutoencoder
+from interp.version import code_version
+
+CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
+SAELENS_ARCH = {"relu": "standard", "topk": "topk", "hierarchical_topk": "topk",
+                "jumprelu": "jumprelu", "batchtopk": "jumprelu", "matryoshka": "jumprelu",
+                "ksparse": "ksparse"}
+FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu",
+                "batchtopk": "batchtopk"}
+
+
+def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``sae`` (activation scale folded in, a copy: ``sae`` is not changed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = sae.cfg
+    scale = float(sae.activation_scale)
+    with torch.no_grad():
+        W_enc, b_enc = sae.W_enc.detach() * scale, sae.b_enc.detach()
+        W_dec, b_dec = sae.W_dec.detach() / scale, sae.b_dec.detach() / scale
+    weights = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
+    arch = SAELENS_ARCH[cfg.arch]
+    if cfg.arch == "jumprelu":
+        weights["threshold"] = sae.log_threshold.detach().exp()
+    elif cfg.arch in ("batchtopk", "matryoshka"):
+        if float(sae.threshold) < 0:
+            raise DataError(f"this {cfg.arch} SAE has no inference threshold yet: train it "
+                            f"before saving")
+        weights["threshold"] = sae.threshold.detach().expand(cfg.d_sae)
+    weights = {k: v.float().contiguous().clone() for k, v in weights.items()}
+    meta = {**cfg.metadata, **(metadata or {})}
+    meta.setdefault("interp_version", code_version())
+    # SAELens reads configs without a version as pre-6.0 ones and rebuilds their metadata
+    meta.setdefault("sae_lens_version", _sae_lens_format_version())
+    ours = cfg.to_dict()
+    ours["metadata"] = meta
+    cfg_json = {
+        "architecture": arch, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+        "reshape_activations": "none", "metadata": meta, "interp": ours,
+    }
+    if arch == "topk":
+        cfg_json.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+    save_file(weights, str(folder / WEIGHTS_FILE))
+    (folder / CFG_FILE).write_text(json.dumps(cfg_json, indent=2) + "\n")
+    return folder
+
+
+def _sae_lens_format_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:  # not installed: the format we write is SAELens 6's
+        return "6.0.0"
+
+
+def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """An SAE from a folder written by :func:`save_sae` or by SAELens."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.exists():
+            raise CorruptArtifactError(f"SAE folder {folder} is missing {p.name} (an SAE folder "
+                                       f"holds {CFG_FILE} and {WEIGHTS_FILE})")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptArtifactError(f"{cfg_path} is not valid JSON ({e})") from e
+    try:
+        weights = load_file(str(w_path))
+    except Exception as e:  # safetensors has its own error types for bad headers
+        raise CorruptArtifactError(f"{w_path} is truncated or corrupt: {e}") from e
+    if "interp" in raw:
+        cfg = SAEConfig.from_dict(raw["interp"])
+    else:
+        arch = raw.get("architecture", "standard")
+        if arch not in FROM_SAELENS:
+            raise DataError(f"SAELens architecture {arch!r} in {cfg_path} is not supported; "
+                            f"supported: {sorted(FROM_SAELENS)}")
+        if raw.get("normalize_activations", "none") not in ("none", None):
+            raise DataError(f"{cfg_path}: normalize_activations="
+                            f"{raw['normalize_activations']!r} is not supported; fold the "
+                            f"normalization into the weights first")
+        cfg = SAEConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], arch=FROM_SAELENS[arch],
+                        k=raw.get("k", 32) if arch in ("topk", "batchtopk") else 32,
+                        b_dec_init="zeros", metadata=raw.get("metadata") or {})
+    sae = SparseAutoencoder(cfg)
+    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in),
+                "b_enc": (cfg.d_sae,), "b_dec": (cfg.d_in,)}
+    if cfg.arch in ("jumprelu", "batchtopk", "matryoshka"):
+        expected["threshold"] = (cfg.d_sae,)
+    for name, shape in expected.items():
+        if name not in weights:
+            raise CorruptArtifactError(f"{w_path} has no {name!r} (it has {sorted(weights)})")
+        if tuple(weights[name].shape) != shape:
+            raise CorruptArtifactError(f"{w_path}: {name} has shape "
+                                       f"{tuple(weights[name].shape)}, its config needs {shape}")
+    with torch.no_grad():
+        sae.W_enc.copy_(weights["W_enc"])
+        sae.b_enc.copy_(weights["b_enc"])
+        sae.b_dec.copy_(weights["b_dec"])
+        if cfg.tied:  # a saved tied ksparse SAE comes back untied (its scale is folded)
+            sae.untie()
+        sae._W_dec.copy_(weights["W_dec"])
+        if cfg.arch == "jumprelu":
+            sae.log_threshold.copy_(weights["threshold"].clamp_min(1e-12).log())
+        elif cfg.arch in ("batchtopk", "matryoshka"):
+            t = weights["threshold"]
+            if not torch.allclose(t, t[0].expand_as(t)):
+                raise DataError(f"{w_path}: a {cfg.arch} SAE has one threshold for all "
+                                f"latents; these differ (load it as jumprelu instead)")
+            sae.threshold.copy_(t[0])
+    return sae.to(device).eval()
