@@ -183,3 +183,24 @@ def test_top_rows_and_unit_values_match_a_full_read(tmp_path):
     assert s.unit_values(0, hook, max_rows=33).shape == (33,)
     with pytest.raises(DataError, match="unit 4 is out of range.*valid 0..3"):
         s.top_rows(4, hook=hook)
+
+
+def test_row_range_and_parts_partition_the_batches(tmp_path):
+    write_store(tmp_path / "s")
+    s = ActivationStore(tmp_path / "s")
+    hook = "blocks.0.hook_resid_post"
+    kw = dict(hook=hook, seed=4, buffer_rows=64, drop_last=True, epochs=1)
+    rows = torch.cat([b[:, 0] for b in s.batches(8, row_range=(10, 200), **{**kw, "drop_last": False})])
+    assert sorted(rows.long().tolist()) == list(range(10, 200))
+    whole = list(s.batches(8, **kw))
+    halves = [list(s.batches(8, part=(r, 2), **kw)) for r in range(2)]
+    assert len(halves[0]) == len(halves[1]) == len(whole)
+    for w, a, b in zip(whole, *halves):
+        torch.testing.assert_close(torch.cat([a, b]), w)
+    resumed = list(s.batches(8, part=(1, 2), start_batch=5, **kw))
+    for a, b in zip(resumed, halves[1][5:]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(DataError, match="divisible by 2"):
+        next(s.batches(7, part=(0, 2), **kw))
+    with pytest.raises(DataError, match="row range \\[0, 999\\)"):
+        next(s.batches(8, row_range=(0, 999), hook=hook))

@@ -321,61 +321,78 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ streaming
     def epoch_order(self, epoch: int, seed: int = 0, buffer_rows: int = 2**20,
-                    block_rows: int = 1024) -> Iterator[np.ndarray]:
+                    block_rows: int = 1024, row_range: tuple[int, int] | None = None
+                    ) -> Iterator[np.ndarray]:
         """Row indices of one epoch, as a sequence of shuffled buffer-sized windows.
 
-        The store is cut into blocks of ``block_rows`` consecutive rows; the blocks are
-        permuted, grouped into windows of about ``buffer_rows`` rows, and each window is
-        permuted. Every row appears exactly once per epoch, and only one window is held
-        in memory, so stores larger than RAM stream fine.
+        The rows (all, or ``row_range``) are cut into blocks of ``block_rows`` consecutive
+        rows; the blocks are permuted, grouped into windows of about ``buffer_rows`` rows,
+        and each window is permuted. Every row appears exactly once per epoch, and only one
+        window is held in memory, so stores larger than RAM stream fine.
         """
+        lo, hi = self._row_range(row_range)
         rng = np.random.default_rng([seed, epoch])
         block_rows = max(1, min(block_rows, buffer_rows))
-        starts = np.arange(0, self.n_rows, block_rows, dtype=np.int64)
+        starts = np.arange(lo, hi, block_rows, dtype=np.int64)
         rng.shuffle(starts)
         per_window = max(1, buffer_rows // block_rows)
         for w in range(0, len(starts), per_window):
-            idx = np.concatenate([np.arange(s, min(s + block_rows, self.n_rows))
+            idx = np.concatenate([np.arange(s, min(s + block_rows, hi))
                                   for s in starts[w:w + per_window]])
             yield idx[rng.permutation(idx.size)]
+
+    def _row_range(self, row_range: tuple[int, int] | None) -> tuple[int, int]:
+        if row_range is None:
+            return 0, self.n_rows
+        lo, hi = int(row_range[0]), int(row_range[1])
+        if not 0 <= lo < hi <= self.n_rows:
+            raise DataError(f"row range [{lo}, {hi}) is not inside the store's "
+                            f"[0, {self.n_rows})")
+        return lo, hi
 
     def batches(self, batch_size: int, hook: str | None = None, shuffle: bool = True,
                 seed: int = 0, epochs: int | None = 1, start_batch: int = 0,
                 buffer_rows: int = 2**20, drop_last: bool = False,
-                dtype: torch.dtype | None = torch.float32) -> Iterator[torch.Tensor]:
+                dtype: torch.dtype | None = torch.float32,
+                row_range: tuple[int, int] | None = None,
+                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
         """Batches of (batch_size, d_in) rows, epoch after epoch (``epochs=None``: endless).
 
         ``start_batch`` skips batches without reading them, so a resumed training run
-        sees exactly the batches the uninterrupted one would have.
+        sees exactly the batches the uninterrupted one would have. ``row_range`` limits
+        the rows (e.g. to keep some for evaluation). ``part=(rank, world)`` yields only
+        rank's contiguous share of every batch (batch_size / world rows; needs
+        ``drop_last``), so that data-parallel processes together see the same global
+        batches as one process.
         """
         if batch_size <= 0:
             raise DataError(f"batch_size must be positive, got {batch_size}")
+        rank, world = part
+        if world > 1 and (batch_size % world or not drop_last):
+            raise DataError(f"splitting batches over {world} processes needs a batch size "
+                            f"divisible by {world} (got {batch_size}) and drop_last")
+        local = batch_size // world
         hook = self._hook(hook)
+        lo, hi = self._row_range(row_range)
         epoch, skipped = 0, 0
         while epochs is None or epoch < epochs:
             if shuffle:
-                windows = self.epoch_order(epoch, seed, buffer_rows)
+                windows = self.epoch_order(epoch, seed, buffer_rows, row_range=(lo, hi))
             else:
-                windows = (np.arange(s, min(s + buffer_rows, self.n_rows))
-                           for s in range(0, self.n_rows, buffer_rows))
+                windows = (np.arange(s, min(s + buffer_rows, hi))
+                           for s in range(lo, hi, buffer_rows))
             pending = np.empty(0, dtype=np.int64)
             for window in windows:
                 pending = np.concatenate([pending, window])
                 n_full = pending.size // batch_size
-                if skipped + n_full <= start_batch:
-                    skipped += n_full
-                    pending = pending[n_full * batch_size:]
-                    continue
-                data = None
-                for b in range(n_full):
-                    if skipped < start_batch:
-                        skipped += 1
-                        continue
-                    if data is None:  # read the rest of the window at once
-                        first = b * batch_size
-                        data = self.read(pending[first:n_full * batch_size], hook, dtype)
-                        offset = first
-                    yield data[b * batch_size - offset:(b + 1) * batch_size - offset]
+                skip = min(n_full, max(0, start_batch - skipped))
+                skipped += skip
+                if skip < n_full:  # read the rest of the window's batches at once
+                    mine = pending[skip * batch_size:n_full * batch_size]
+                    mine = mine.reshape(n_full - skip, batch_size)[:, rank * local:(rank + 1) * local]
+                    data = self.read(mine.reshape(-1), hook, dtype)
+                    for b in range(n_full - skip):
+                        yield data[b * local:(b + 1) * local]
                 pending = pending[n_full * batch_size:]
             if pending.size and not drop_last:
                 if skipped < start_batch:
