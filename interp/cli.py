@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from interp.errors import InterpError
+from interp.errors import DataError, InterpError
 
 
 def _cmd_harvest(args: argparse.Namespace) -> None:
@@ -71,6 +71,57 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from interp.demo import run_demo
 
     run_demo(out=args.out, n_tokens=args.tokens)
+
+
+def _parse_options(pairs: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, lists, bools)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --option takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from interp.sae.trainer import TrainConfig, train_sae
+
+    cfg = TrainConfig(store=args.store, out=args.out, hook=args.hook, arch=args.arch,
+                      d_sae=args.latents, k=args.k, sae_options=_parse_options(args.option),
+                      batch_size=args.batch_size, steps=args.steps, lr=args.lr,
+                      eval_rows=args.eval_rows, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every,
+                      wandb_project=args.wandb_project)
+    res = train_sae(cfg)
+    if res:
+        ev = res["eval"]
+        print(f"saved {args.out}: FVU {ev['fvu']:.4f}, L0 {ev['l0']:.1f}, dead "
+              f"{100 * ev['dead_fraction']:.1f}%, dense {100 * ev['dense_fraction']:.1f}% "
+              f"on {ev['n_tokens']:,} held-out tokens")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from interp.activations.harvest import open_store
+    from interp.sae.evaluate import reconstruction_metrics
+    from interp.sae.io import load_sae
+
+    sae = load_sae(args.sae)
+    store = open_store(args.store)
+    saved_hook = sae.cfg.metadata.get("hook_name")
+    hook = store._hook(args.hook or (saved_hook if saved_hook in store.hooks else None))
+    if store.d_in(hook) != sae.cfg.d_in:
+        raise DataError(f"the store's {hook} has d_in={store.d_in(hook)}, but the SAE at "
+                        f"{args.sae} takes d_in={sae.cfg.d_in}")
+    rows = min(store.n_rows, args.tokens)
+    res = reconstruction_metrics(sae, store.batches(4096, hook, shuffle=False,
+                                                    row_range=(store.n_rows - rows, store.n_rows)),
+                                 k=args.k)
+    res.pop("density")
+    print(json.dumps(res, indent=2))
 
 
 def _cmd_app(args: argparse.Namespace) -> None:
@@ -140,6 +191,39 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     d.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest")
     d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train an SAE on an activation store",
+                       description="Train one SAE (relu, jumprelu, ksparse, topk, batchtopk, "
+                       "matryoshka, hierarchical_topk) on a harvested store; resumes from "
+                       "OUT/checkpoint.pt when it exists. Under torchrun it trains data-"
+                       "parallel over the processes.")
+    t.add_argument("--store", required=True, help="run folder or store (from interp harvest)")
+    t.add_argument("--out", required=True, help="the SAE's folder, e.g. runs/NAME/saes/topk")
+    t.add_argument("--hook", default=None, help="hook in the store (when it holds several)")
+    t.add_argument("--arch", default="topk", help="architecture (default topk)")
+    t.add_argument("--latents", type=int, default=4096, help="dictionary size d_sae")
+    t.add_argument("--k", type=int, default=32, help="active latents per token (top-k family)")
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--steps", type=int, default=None, help="default: one epoch")
+    t.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(latents/2^14)")
+    t.add_argument("--eval-rows", type=int, default=8192, help="held-out rows at the store's end")
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other SAE setting, e.g. prefixes=[256,1024,4096], l1_coeff=5, "
+                   "tied=true, k_start=128, k_anneal_steps=500 (repeat for several)")
+    t.add_argument("--wandb-project", default=None, help="also log to W&B (when installed)")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="reconstruction metrics of an SAE on a store",
+                       description="FVU, MSE, L0, dead and dense fractions of a saved SAE on "
+                       "the last --tokens rows of a store.")
+    e.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")
+    e.add_argument("--store", required=True)
+    e.add_argument("--hook", default=None)
+    e.add_argument("--tokens", type=int, default=50_000)
+    e.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
+    e.set_defaults(func=_cmd_eval)
 
     a = sub.add_parser("app", help="browse a run folder in the Streamlit app",
                        description="Start the Streamlit app on a run folder (it only reads).")
