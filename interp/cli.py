@@ -90,12 +90,18 @@ def _parse_options(pairs: list[str] | None) -> dict:
 def _cmd_train(args: argparse.Namespace) -> None:
     from interp.sae.trainer import TrainConfig, train_sae
 
-    cfg = TrainConfig(store=args.store, out=args.out, hook=args.hook, arch=args.arch,
+    if not args.store and args.arch not in ("e2e", "e2e+ds"):
+        raise SystemExit("error: --store is required (only --arch e2e / e2e+ds train from "
+                         "tokens, with --model)")
+    cfg = TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=args.arch,
                       d_sae=args.latents, k=args.k, sae_options=_parse_options(args.option),
                       batch_size=args.batch_size, steps=args.steps, lr=args.lr,
                       eval_rows=args.eval_rows, seed=args.seed,
                       checkpoint_every=args.checkpoint_every,
-                      wandb_project=args.wandb_project)
+                      wandb_project=args.wandb_project, model=args.model,
+                      source=args.source, n_ctx=args.n_ctx, e2e_act=args.e2e_act,
+                      ds_coeff=args.ds_coeff,
+                      **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {}))
     res = train_sae(cfg)
     if res:
         ev = res["eval"]
@@ -197,10 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "matryoshka, hierarchical_topk) on a harvested store; resumes from "
                        "OUT/checkpoint.pt when it exists. Under torchrun it trains data-"
                        "parallel over the processes.")
-    t.add_argument("--store", required=True, help="run folder or store (from interp harvest)")
+    t.add_argument("--store", default=None, help="run folder or store (from interp harvest)")
     t.add_argument("--out", required=True, help="the SAE's folder, e.g. runs/NAME/saes/topk")
     t.add_argument("--hook", default=None, help="hook in the store (when it holds several)")
-    t.add_argument("--arch", default="topk", help="architecture (default topk)")
+    t.add_argument("--arch", default="topk", help="relu, jumprelu, ksparse, topk (default), "
+                   "batchtopk, matryoshka, hierarchical_topk, or e2e / e2e+ds (end-to-end, "
+                   "from tokens through --model)")
     t.add_argument("--latents", type=int, default=4096, help="dictionary size d_sae")
     t.add_argument("--k", type=int, default=32, help="active latents per token (top-k family)")
     t.add_argument("--batch-size", type=int, default=4096)
@@ -213,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other SAE setting, e.g. prefixes=[256,1024,4096], l1_coeff=5, "
                    "tied=true, k_start=128, k_anneal_steps=500 (repeat for several)")
     t.add_argument("--wandb-project", default=None, help="also log to W&B (when installed)")
+    t.add_argument("--model", default=None, help="e2e: the model to splice the SAE into")
+    t.add_argument("--source", default=None, help="e2e: token source (default: the model's)")
+    t.add_argument("--n-ctx", type=int, default=None, help="e2e: context length")
+    t.add_argument("--e2e-act", default="topk", choices=["topk", "relu"],
+                   help="e2e: the spliced SAE's activation (relu adds an L1 term)")
+    t.add_argument("--ds-coeff", type=float, default=1.0,
+                   help="e2e+ds: weight of the downstream reconstruction terms")
+    t.add_argument("--eval-contexts", type=int, default=None,
+                   help="e2e: held-out contexts for evaluation (default 64)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="reconstruction metrics of an SAE on a store",

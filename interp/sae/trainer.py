@@ -61,13 +61,27 @@ class TrainConfig:
     seed: int = 0
     wandb_project: str | None = None
     stop_after: int | None = None    # end this process after that many steps (for tests)
+    # end-to-end (arch "e2e" / "e2e+ds"): trained from tokens through the model
+    model: str | None = None
+    source: str | None = None        # token source (default: the model's own corpus)
+    n_ctx: int | None = None
+    e2e_act: str = "topk"            # the spliced SAE's architecture: topk or relu
+    ds_coeff: float = 1.0            # e2e+ds: weight of the downstream reconstruction terms
+    eval_contexts: int = 64
+
+    @property
+    def end_to_end(self) -> bool:
+        return self.arch in ("e2e", "e2e+ds")
 
     def sae_config(self, d_in: int) -> SAEConfig:
         names = {f.name for f in fields(SAEConfig)}
         bad = sorted(set(self.sae_options) - names)
         if bad:
             raise DataError(f"unknown SAE options {bad}; valid: {sorted(names)}")
-        return SAEConfig(d_in=d_in, d_sae=self.d_sae, arch=self.arch, k=self.k,
+        arch = self.e2e_act if self.end_to_end else self.arch
+        if self.end_to_end and arch not in ("topk", "relu"):
+            raise DataError(f"an end-to-end SAE uses a topk or relu activation, not {arch!r}")
+        return SAEConfig(d_in=d_in, d_sae=self.d_sae, arch=arch, k=self.k,
                          seed=self.seed, **self.sae_options).validate()
 
     def learning_rate(self) -> float:
@@ -124,28 +138,168 @@ def activation_scale(sample: torch.Tensor) -> float:
     return math.sqrt(sample.shape[1] / ms)
 
 
+class StoreObjective:
+    """Reconstruct stored activations (every architecture but e2e)."""
+
+    def __init__(self, cfg: TrainConfig, ddp: _Dist):
+        self.cfg, self.ddp = cfg, ddp
+        self.store = open_store(cfg.store)
+        self.hook = self.store._hook(cfg.hook)
+        self.d_in = self.store.d_in(self.hook)
+        self.n_train = self.store.n_rows - cfg.eval_rows
+        if self.n_train < cfg.batch_size:
+            raise DataError(f"the store has {self.store.n_rows:,} rows: too few for batches of "
+                            f"{cfg.batch_size} after holding out {cfg.eval_rows} for evaluation")
+        self.default_steps = self.n_train // cfg.batch_size
+        m = self.store.manifest
+        self.metadata = {"model_name": m.get("model"), "hook_name": self.hook,
+                         "context_size": self.store.n_ctx, "prepend_bos": True,
+                         "dataset_path": json.dumps(m.get("source")), "store": str(self.store.path)}
+
+    def init_sample(self) -> torch.Tensor:
+        rows = _init_rows(self.n_train, self.cfg.init_sample_rows, self.cfg.seed)
+        return self.store.read(rows, self.hook)
+
+    def batches(self, start: int):
+        return self.store.batches(self.cfg.batch_size, self.hook, seed=self.cfg.seed,
+                                  epochs=None, start_batch=start, drop_last=True,
+                                  row_range=(0, self.n_train),
+                                  part=(self.ddp.rank, self.ddp.world))
+
+    def loss(self, sae, batch, step, dead, gen, scale):
+        x = batch * scale
+        loss, fwd, terms = sae.loss(x, step=step, dead=dead, generator=gen)
+        return loss, fwd, terms, x
+
+    def evaluate(self, sae, scale, k=None) -> dict:
+        batches = self.store.batches(4096, self.hook, shuffle=False,
+                                     row_range=(self.n_train, self.store.n_rows))
+        return reconstruction_metrics(sae, batches, scale=scale, k=k)
+
+
+class EndToEndObjective:
+    """Braun et al.: the SAE is spliced into the model, which runs on; the loss is
+    KL(clean || spliced) per token plus the SAE's sparsity term (L1 for relu; topk needs
+    none), and for e2e+ds the downstream residual streams' reconstruction errors."""
+
+    def __init__(self, cfg: TrainConfig, ddp: _Dist):
+        from interp.activations.harvest import default_source, validate_hooks
+        from interp.data.sources import make_source
+        from interp.models import load
+
+        if not cfg.model or not cfg.hook:
+            raise DataError("an end-to-end SAE trains from tokens: give --model and --hook")
+        self.cfg, self.ddp = cfg, ddp
+        self.model = load(cfg.model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        validate_hooks(self.model, [cfg.hook])
+        self.hook = cfg.hook
+        self.n_ctx = cfg.n_ctx or min(self.model.cfg.n_ctx, 128)
+        self.spec = cfg.source or default_source(cfg.model)
+        self.source = lambda: make_source(self.spec, model=self.model)
+        with torch.no_grad():
+            _, cache = self.model.run_with_cache(torch.zeros(1, self.n_ctx, dtype=torch.long),
+                                                 names_filter=[self.hook])
+        self.d_in = cache[self.hook].shape[-1]
+        self.contexts = max(ddp.world, cfg.batch_size // (self.n_ctx - 1))
+        if self.contexts % ddp.world:
+            raise DataError(f"{self.contexts} contexts per step do not split over "
+                            f"{ddp.world} processes")
+        layer = int(self.hook.split(".")[1]) if self.hook.startswith("blocks.") else -1
+        self.downstream = ([f"blocks.{i}.hook_resid_post"
+                            for i in range(layer + 1, self.model.cfg.n_layers)]
+                           if cfg.arch == "e2e+ds" else [])
+        self.default_steps = 1000
+        self.metadata = {"model_name": cfg.model, "hook_name": self.hook,
+                         "context_size": self.n_ctx, "prepend_bos": True,
+                         "dataset_path": self.spec, "training": cfg.arch}
+
+    def _token_batches(self, contexts: int, skip_contexts: int = 0):
+        """Endless (contexts, n_ctx) batches after the first ``skip_contexts`` contexts
+        (the evaluation ones), starting the source over when it runs out."""
+        from interp.data.sources import batches
+
+        while True:
+            it = batches(self.source(), self.n_ctx, contexts)
+            skipped = 0
+            for b in it:
+                if skipped < skip_contexts:
+                    skipped += b.shape[0]
+                    continue
+                if b.shape[0] == contexts:
+                    yield b
+
+    def init_sample(self) -> torch.Tensor:
+        toks = next(self._token_batches(max(8, self.cfg.init_sample_rows // (self.n_ctx - 1)),
+                                        self.cfg.eval_contexts))
+        with torch.no_grad():
+            _, cache = self.model.run_with_cache(toks, names_filter=[self.hook])
+        return cache[self.hook][:, 1:].reshape(-1, self.d_in)
+
+    def batches(self, start: int):
+        it = self._token_batches(self.contexts, self.cfg.eval_contexts)
+        for _ in range(start):
+            next(it)
+        local = self.contexts // self.ddp.world
+        for b in it:
+            yield b[self.ddp.rank * local:(self.ddp.rank + 1) * local]
+
+    def loss(self, sae, tokens, step, dead, gen, scale):
+        from interp.sae.evaluate import splice_hook
+
+        names = [self.hook] + self.downstream
+        with torch.no_grad():
+            clean, cache = self.model.run_with_cache(tokens, names_filter=names)
+        keep: dict = {}
+        fwd_hooks = [(self.hook, splice_hook(sae, scale, keep))]
+        spliced_acts: dict = {}
+        for name in self.downstream:
+            fwd_hooks.append((name, lambda act, hook: spliced_acts.__setitem__(hook.name, act)))
+        spliced = self.model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+        lp = clean.float().log_softmax(-1)
+        lq = spliced.float().log_softmax(-1)
+        kl = (lp.exp() * (lp - lq)).sum(-1).mean()
+        fwd = keep["out"]
+        terms = {"kl": kl}
+        if sae.cfg.arch == "relu":
+            terms["l1"] = sae.cfg.l1_coeff * (fwd.acts * sae.W_dec.norm(dim=1)).sum(1).mean()
+        for name in self.downstream:
+            ref = cache[name]
+            terms[f"ds_{name}"] = self.cfg.ds_coeff * (
+                (spliced_acts[name] - ref).square().sum(-1).mean()
+                / ref.square().sum(-1).mean().clamp_min(1e-12))
+        loss = sum(terms.values())
+        x = cache[self.hook].reshape(-1, self.d_in) * scale
+        return loss, fwd, {k: float(v.detach()) for k, v in terms.items()}, x
+
+    def evaluate(self, sae, scale, k=None) -> dict:
+        from interp.sae.evaluate import spliced_metrics
+
+        toks = next(self._token_batches(self.cfg.eval_contexts))
+        chunks = list(toks.split(16))
+        res = spliced_metrics(self.model, sae, self.hook, chunks, scale=scale)
+        with torch.no_grad():
+            acts = torch.cat([self.model.run_with_cache(c, names_filter=[self.hook])[1][self.hook]
+                              [:, 1:].reshape(-1, self.d_in) for c in chunks])
+        res.update(reconstruction_metrics(sae, acts.split(4096), scale=scale, k=k))
+        return res
+
+
 def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the SAE described by ``cfg``; returns the final metrics."""
     ddp = _Dist()
-    store = open_store(cfg.store)
-    hook = store._hook(cfg.hook)
-    d_in = store.d_in(hook)
     out = Path(cfg.out)
     if (out / "sae_weights.safetensors").exists() and not (out / CHECKPOINT).exists():
         raise DataError(f"{out} already holds a trained SAE; choose another --out or delete it")
     if cfg.batch_size % ddp.world:
         raise DataError(f"batch size {cfg.batch_size} is not divisible by the {ddp.world} "
                         f"processes")
-    n_train = store.n_rows - cfg.eval_rows
-    if n_train < cfg.batch_size:
-        raise DataError(f"the store has {store.n_rows:,} rows: too few for batches of "
-                        f"{cfg.batch_size} after holding out {cfg.eval_rows} for evaluation")
-    steps = cfg.steps or n_train // cfg.batch_size
+    objective = EndToEndObjective(cfg, ddp) if cfg.end_to_end else StoreObjective(cfg, ddp)
+    d_in = objective.d_in
+    steps = cfg.steps or objective.default_steps
     sae_cfg = cfg.sae_config(d_in)
-    sae_cfg.metadata = {"model_name": store.manifest.get("model"), "hook_name": hook,
-                        "context_size": store.n_ctx, "prepend_bos": True,
-                        "dataset_path": json.dumps(store.manifest.get("source")),
-                        "store": str(store.path)}
+    sae_cfg.metadata = objective.metadata
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(), betas=cfg.betas)
@@ -158,7 +312,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
         start = _load_checkpoint(ckpt_path, cfg, sae, opt, sched, since_fired)
         scale = float(sae.activation_scale)
     else:
-        sample = store.read(_init_rows(n_train, cfg.init_sample_rows, cfg.seed), hook)
+        sample = objective.init_sample()
         scale = activation_scale(sample)
         sae.activation_scale.fill_(scale)
         sae.init_b_dec(sample * scale)
@@ -170,10 +324,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
              "world_size": ddp.world}, indent=2) + "\n")
     ddp.barrier()
 
-    batches = store.batches(cfg.batch_size, hook, seed=cfg.seed, epochs=None,
-                            start_batch=start, drop_last=True, row_range=(0, n_train),
-                            part=(ddp.rank, ddp.world))
-    eval_range = (n_train, store.n_rows)
+    batches = objective.batches(start)
     log = open(out / "train_log.jsonl", "a") if ddp.main else None
     wandb = _wandb(cfg, ddp) if cfg.wandb_project else None
     bar = tqdm(total=steps, initial=start, desc=f"train {cfg.arch}", disable=not (
@@ -181,10 +332,9 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     t0, last = time.time(), {}
     end = steps if cfg.stop_after is None else min(steps, start + cfg.stop_after)
     for step in range(start, end):
-        x = next(batches) * scale
         dead = since_fired >= cfg.dead_window_tokens
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        loss, fwd, terms = sae.loss(x, step=step, dead=dead, generator=gen)
+        loss, fwd, terms, x = objective.loss(sae, next(batches), step, dead, gen, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ddp.all_reduce_mean_([p.grad for p in sae.parameters() if p.grad is not None])
@@ -201,13 +351,13 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
             else:
                 fired[fwd.indices[fwd.values != 0]] = True
             fired = ddp.any_(fired)
-            since_fired += cfg.batch_size
+            since_fired += x.shape[0] * ddp.world
             since_fired[fired] = 0
         if ddp.main and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
             with torch.no_grad():
                 err = (fwd.x_hat - x).square().sum()
                 var = (x - x.mean(0)).square().sum()
-            last = {"step": step + 1, "tokens": (step + 1) * cfg.batch_size,
+            last = {"step": step + 1, "tokens": (step + 1) * x.shape[0] * ddp.world,
                     "loss": float(loss.detach()), **terms,
                     "fvu": float(err / var.clamp_min(1e-12)),
                     "l0": float(fwd.l0().float().mean()),
@@ -221,7 +371,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
                             FVU=f"{last['fvu']:.3f}", dead=f"{100 * last['dead_fraction']:.1f}%")
         bar.update(1)
         if ddp.main and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-            ev = _evaluate(sae, store, hook, eval_range, scale)
+            ev = objective.evaluate(sae, scale)
             ev = {"step": step + 1, "eval": {k: v for k, v in ev.items() if k != "density"}}
             log.write(json.dumps(ev) + "\n")
             log.flush()
@@ -236,15 +386,16 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
         return {"stopped_at": end, "steps": steps}
     result = {}
     if ddp.main:
-        ev = _evaluate(sae, store, hook, eval_range, scale)
-        result = {"arch": cfg.arch, "d_in": d_in, "d_sae": sae_cfg.d_sae, "k": cfg.k,
-                  "steps": steps, "tokens": steps * cfg.batch_size,
+        ev = objective.evaluate(sae, scale)
+        result = {"arch": cfg.arch, "sae_arch": sae_cfg.arch, "d_in": d_in,
+                  "d_sae": sae_cfg.d_sae, "k": cfg.k, "steps": steps,
+                  "tokens": int(last.get("tokens", 0)) if last else None,
                   "train_seconds": time.time() - t0, "activation_scale": scale,
                   "eval": ev, "final_train": last}
         if sae_cfg.arch == "hierarchical_topk":
             result["eval_by_k"] = {
-                str(kp): {k: v for k, v in _evaluate(sae, store, hook, eval_range, scale, kp)
-                          .items() if k != "density"}
+                str(kp): {k: v for k, v in objective.evaluate(sae, scale, kp).items()
+                          if k != "density"}
                 for kp in k_grid(sae_cfg.k)}
         save_sae(sae, out)
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -262,11 +413,6 @@ def k_grid(k: int) -> list[int]:
     """k' values to evaluate a HierarchicalTopK SAE at: powers of two up to K, and K."""
     grid = [2**i for i in range(int(math.log2(k)) + 1)]
     return sorted(set(grid + [k]))
-
-
-def _evaluate(sae, store, hook, row_range, scale, k=None) -> dict:
-    batches = store.batches(4096, hook, shuffle=False, row_range=row_range)
-    return reconstruction_metrics(sae, batches, scale=scale, k=k)
 
 
 def _init_rows(n_train: int, n: int, seed: int):
