@@ -111,23 +111,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from interp.activations.harvest import open_store
-    from interp.sae.evaluate import reconstruction_metrics
-    from interp.sae.io import load_sae
+    from interp.sae.evaluate import evaluate_sae
 
-    sae = load_sae(args.sae)
-    store = open_store(args.store)
-    saved_hook = sae.cfg.metadata.get("hook_name")
-    hook = store._hook(args.hook or (saved_hook if saved_hook in store.hooks else None))
-    if store.d_in(hook) != sae.cfg.d_in:
-        raise DataError(f"the store's {hook} has d_in={store.d_in(hook)}, but the SAE at "
-                        f"{args.sae} takes d_in={sae.cfg.d_in}")
-    rows = min(store.n_rows, args.tokens)
-    res = reconstruction_metrics(sae, store.batches(4096, hook, shuffle=False,
-                                                    row_range=(store.n_rows - rows, store.n_rows)),
-                                 k=args.k)
-    res.pop("density")
-    print(json.dumps(res, indent=2))
+    res = evaluate_sae(args.sae, store=args.store, model=args.model, source=args.source,
+                       tokens=args.tokens, contexts=args.contexts, k=args.k)
+    short = {k: v for k, v in res.items() if k not in ("spliced", "reconstruction_by_k")}
+    print(json.dumps(short, indent=2))
+    if "reconstruction_by_k" in res:
+        print("FVU by k': " + ", ".join(f"{k}: {v['fvu']:.4f}"
+                                        for k, v in res["reconstruction_by_k"].items()))
+    print(f"wrote {args.sae}/eval.json and its figures")
 
 
 def _cmd_app(args: argparse.Namespace) -> None:
@@ -232,13 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e2e: held-out contexts for evaluation (default 64)")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="reconstruction metrics of an SAE on a store",
-                       description="FVU, MSE, L0, dead and dense fractions of a saved SAE on "
-                       "the last --tokens rows of a store.")
+    e = sub.add_parser("eval", help="evaluate a saved SAE",
+                       description="Reconstruction metrics on a store (FVU, MSE, L0, dead and "
+                       "dense latents, density histogram; HierarchicalTopK at every k') and, "
+                       "with the model, CE-loss recovered and KL with the SAE spliced in. "
+                       "Writes eval.json and plotly figures into the SAE's folder.")
     e.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")
-    e.add_argument("--store", required=True)
-    e.add_argument("--hook", default=None)
+    e.add_argument("--store", default=None, help="activation store for the reconstruction "
+                   "metrics (its last --tokens rows)")
+    e.add_argument("--model", default=None, help="model for the spliced metrics (default: "
+                   "the SAE's own)")
+    e.add_argument("--source", default=None, help="token source for the spliced metrics")
     e.add_argument("--tokens", type=int, default=50_000)
+    e.add_argument("--contexts", type=int, default=64)
     e.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
     e.set_defaults(func=_cmd_eval)
 

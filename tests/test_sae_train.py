@@ -75,3 +75,24 @@ def test_lr_schedule():
     assert lr_factor(0, 100, 10, 0.8) == pytest.approx(0.1)
     assert lr_factor(50, 100, 10, 0.8) == 1.0
     assert lr_factor(90, 100, 10, 0.8) == pytest.approx(0.5)
+
+
+def test_evaluate_writes_metrics_and_figures(sparse_store, tmp_path):
+    from interp.sae.evaluate import evaluate_sae
+
+    out = tmp_path / "h"
+    train_sae(config(sparse_store, out, "hierarchical_topk", steps=60), progress=False)
+    res = evaluate_sae(str(out), store=str(sparse_store), tokens=2048)
+    trained = json.loads((out / "metrics.json").read_text())
+    assert res["reconstruction"]["fvu"] == pytest.approx(trained["eval"]["fvu"], rel=1e-6)
+    assert set(res["reconstruction_by_k"]) == {"1", "2", "4"}
+    assert "could not be loaded" in res["spliced_skipped"]  # the toy store has no model
+    for f in ("eval.json", "density.html", "fvu_by_k.html", "training_curves.html"):
+        assert (out / f).stat().st_size > 1000, f
+    with pytest.raises(DataError, match="d_in=16, but the SAE"):
+        from interp.sae.core import SAEConfig, SparseAutoencoder
+        from interp.sae.io import save_sae
+
+        other = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2))
+        save_sae(other, tmp_path / "other")
+        evaluate_sae(str(tmp_path / "other"), store=str(sparse_store))

@@ -1,6 +1,8 @@
-"""Reconstruction metrics of an SAE on stored activations: MSE, FVU, L0, dead/dense latents."""
+"""SAE evaluation: reconstruction on stored activations (MSE, FVU, L0, dead and dense
+latents, density) and the model with the SAE spliced in (CE-loss recovered, KL)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import torch
@@ -114,4 +116,101 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
     res["ce_loss_recovered"] = (res["ce_ablated"] - res["ce_spliced"]) / gap if gap else float("nan")
     res["ablation"] = ablation
     res["n_tokens"] = n
+    return res
+
+
+def eval_token_source(model_name: str, spec: str | None = None, model=None):
+    """Token source for spliced evaluation: ``spec`` if given, else held-out data of an
+    embedded model (othello games from a seed no harvest or training uses; pycode's test
+    split)."""
+    from interp.data.sources import OthelloSource, make_source
+    from interp.errors import DataError
+
+    if spec:
+        return make_source(spec, model=model)
+    if model_name == "othello":
+        return OthelloSource(seed=EVAL_OTHELLO_SEED)
+    if model_name == "pycode":
+        return make_source("pycode:test", model=model)
+    raise DataError(f"name a token source for evaluating on {model_name!r} (--source)")
+
+
+EVAL_OTHELLO_SEED = 987_654_321
+
+
+def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = None,
+                 source: str | None = None, tokens: int = 50_000, contexts: int = 64,
+                 k: int | None = None, write: bool = True) -> dict:
+    """Every metric of a saved SAE; writes ``eval.json`` and plotly figures (HTML) into its
+    folder when ``write``.
+
+    - with ``store``: MSE, FVU, L0, dead/dense fractions and the latent density on the
+      store's last ``tokens`` rows (HierarchicalTopK: also at every k' of a grid);
+    - with ``model`` (default: the SAE's own model, when it loads): CE-loss recovered
+      (zero and mean ablation) and KL of the model with the SAE spliced in, on
+      ``contexts`` held-out contexts.
+    """
+    from pathlib import Path
+
+    from interp.activations.harvest import open_store
+    from interp.data.sources import batches as token_batches
+    from interp.errors import DataError
+    from interp.sae.io import load_sae
+    from interp.viz.sae import density_histogram, fvu_by_k, training_curves
+
+    folder = Path(sae_dir)
+    sae = load_sae(folder)
+    hook = sae.cfg.metadata.get("hook_name")
+    res: dict = {"sae": str(folder), "arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
+                 "d_sae": sae.cfg.d_sae}
+    figures = {}
+    if store:
+        st = open_store(store)
+        hook = st._hook(hook if hook in st.hooks else None)
+        if st.d_in(hook) != sae.cfg.d_in:
+            raise DataError(f"the store's {hook} has d_in={st.d_in(hook)}, but the SAE at "
+                            f"{folder} takes d_in={sae.cfg.d_in}")
+        rows = (max(0, st.n_rows - tokens), st.n_rows)
+        rec = reconstruction_metrics(sae, st.batches(4096, hook, shuffle=False,
+                                                     row_range=rows), k=k)
+        figures["density"] = density_histogram(rec.pop("density"))
+        res["reconstruction"] = rec
+        if sae.cfg.arch == "hierarchical_topk" and k is None:
+            from interp.sae.trainer import k_grid
+
+            res["reconstruction_by_k"] = {}
+            for kp in k_grid(sae.cfg.k):
+                r = reconstruction_metrics(sae, st.batches(4096, hook, shuffle=False,
+                                                           row_range=rows), k=kp)
+                r.pop("density")
+                res["reconstruction_by_k"][str(kp)] = r
+            figures["fvu_by_k"] = fvu_by_k(res["reconstruction_by_k"])
+    model_name = model or sae.cfg.metadata.get("model_name")
+    m = None
+    if model_name and hook:
+        from interp.errors import InterpError
+        from interp.models import load
+
+        try:
+            m = load(model_name)
+        except InterpError as e:
+            if model:  # asked for explicitly: say why not
+                raise
+            res["spliced_skipped"] = f"the SAE's model could not be loaded: {e}"
+    if m is not None:
+        if hook not in m.hook_dict:
+            raise DataError(f"the SAE's hook {hook!r} is not a hook of {model_name!r}")
+        src = eval_token_source(model_name, source, m)
+        n_ctx = min(m.cfg.n_ctx, int(sae.cfg.metadata.get("context_size") or 128))
+        toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
+        res["spliced"] = {a: spliced_metrics(m, sae, hook, toks, ablation=a)
+                          for a in ("zero", "mean")}
+        res["ce_loss_recovered"] = res["spliced"]["zero"]["ce_loss_recovered"]
+        res["kl"] = res["spliced"]["zero"]["kl"]
+    if write:
+        (folder / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+        if (folder / "train_log.jsonl").exists():
+            figures["training_curves"] = training_curves(folder / "train_log.jsonl")
+        for name, fig in figures.items():
+            fig.write_html(str(folder / f"{name}.html"), include_plotlyjs="cdn")
     return res
