@@ -111,8 +111,9 @@ def test_relu_l1_is_weighted_by_decoder_norms():
     x = x_batch()
     _, out, terms = sae.loss(x)
     acts = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()
-    ref = 2.0 * sum(float(acts[i, j] * sae.W_dec[j].norm())
-                    for i in range(B) for j in range(M)) / B
+    with torch.no_grad():
+        ref = 2.0 * sum(float(acts[i, j] * sae.W_dec[j].norm())
+                        for i in range(B) for j in range(M)) / B
     assert terms["l1"] == pytest.approx(ref, rel=1e-5)
     assert not sae.cfg.unit_norm_decoder
 

@@ -213,6 +213,7 @@ class SparseAutoencoder(nn.Module):
             self.log_threshold = nn.Parameter(torch.full((m,), math.log(cfg.jumprelu_init_threshold)))
         if cfg.arch in ("batchtopk", "matryoshka"):
             self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
+            self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))
         self.register_buffer("activation_scale", torch.tensor(1.0))
 
     # -------------------------------------------------------------- parameters
@@ -306,11 +307,10 @@ class SparseAutoencoder(nn.Module):
         kept = values[values > 0]
         if kept.numel() == 0:
             return
-        cut = kept.min()
-        if float(self.threshold) < 0:
-            self.threshold.copy_(cut)
-        else:
-            self.threshold.lerp_(cut, self.cfg.threshold_momentum)
+        # a plain running mean over the first 1/momentum batches, an EMA after them
+        self.threshold_updates += 1
+        weight = max(self.cfg.threshold_momentum, 1.0 / float(self.threshold_updates))
+        self.threshold.lerp_(kept.min(), weight)
 
     def decode_dense(self, acts: torch.Tensor) -> torch.Tensor:
         return acts @ self.W_dec + self.b_dec
