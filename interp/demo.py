@@ -64,7 +64,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
         v = torch.from_numpy(valid)
         tr, te = slice(0, n_tr), slice(n_tr, None)
         acc = fit_linear_probe(x[tr][v[tr]], labels[tr][v[tr]], x[te][v[te]],
-                               labels[te][v[te]], n_classes=3, steps=200)
+                               labels[te][v[te]], n_classes=3)
         result[h] = float(acc.mean())
         print(f"      {h}: mean test accuracy over 64 squares {acc.mean():.3f}")
     sae_dir = out_path / "saes" / "topk"

@@ -91,3 +91,18 @@ def test_corrupt_model_folders_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorruptModelError, match="no config.json"):
         load(str(tmp_path / "empty"))
+
+
+def test_linear_probe_matches_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from interp.models.evaluate import fit_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 12, generator=g)
+    logits = x @ torch.randn(12, 3, generator=g) * 2
+    y = torch.distributions.Categorical(logits=logits).sample((1,), ).T  # noisy labels
+    ours = fit_linear_probe(x[:2000], y[:2000], x[2000:], y[2000:], n_classes=3)
+    ref = LogisticRegression(max_iter=2000).fit(x[:2000].numpy(), y[:2000, 0].numpy())
+    acc_ref = (ref.predict(x[2000:].numpy()) == y[2000:, 0].numpy()).mean()
+    assert abs(float(ours[0]) - acc_ref) < 0.01
