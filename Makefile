@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # your CUDA build of torch into .venv first (`make TORCH_SPEC= venv` skips this step).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo app test test-fast clean train-othello train-pycode
+.PHONY: venv demo app test test-fast clean train-othello train-pycode saes
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ train-othello: venv
 
 train-pycode: venv
 	$(VENV)/bin/interp train-model pycode
+
+# Rebuild the SAEs shipped in saes/ (harvest, train, evaluate, register).
+saes: venv
+	$(PY) -m interp.sae.release --force
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -123,6 +123,22 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.sae}/eval.json and its figures")
 
 
+def _cmd_saes(args: argparse.Namespace) -> None:
+    from interp.sae.release import registry
+
+    reg = registry()
+    if not reg:
+        print("no shipped SAEs registered yet: build them with `make saes`")
+        return
+    print(f"{'name':52s} {'d_sae':>6s} {'k':>3s} {'FVU':>7s} {'L0':>6s} {'CE rec.':>7s}")
+    for name, e in reg.items():
+        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"
+        print(f"{name:52s} {e['d_sae']:6d} {e['k']:3d} {fmt(e.get('fvu'), '7.4f')} "
+              f"{fmt(e.get('l0'), '6.1f')} {fmt(e.get('ce_loss_recovered'), '7.3f')}")
+    print("load one with interp.sae.release.load_pretrained(NAME), or its folder with "
+          "sae_lens.SAE.load_from_disk")
+
+
 def _cmd_app(args: argparse.Namespace) -> None:
     import subprocess
     from pathlib import Path
@@ -240,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--contexts", type=int, default=64)
     e.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
     e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
+                       description="List the registry of SAEs this project trained on its "
+                       "embedded models (saes/registry.json) with their headline metrics.")
+    r.set_defaults(func=_cmd_saes)
 
     a = sub.add_parser("app", help="browse a run folder in the Streamlit app",
                        description="Start the Streamlit app on a run folder (it only reads).")
