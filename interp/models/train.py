@@ -74,7 +74,11 @@ def othello_next_move_distribution(games: oth.OthelloGames, n_ctx: int) -> np.nd
 
 
 def lr_at(step: int, spec: ZooSpec) -> float:
+    """Warmup, cosine to a tenth of lr over ``steps``; then the optional warm restart."""
     r = spec.recipe
+    if step >= r.steps and r.restart_steps:
+        progress = (step - r.steps) / r.restart_steps
+        return r.restart_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
     if step < r.warmup_steps:
         return r.lr * (step + 1) / r.warmup_steps
     progress = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
@@ -130,8 +134,8 @@ def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None
     batches = Batches(spec, work, out_dir)
     log = open(work / "train_log.jsonl", "a")
     t0 = time.time()
-    bar = tqdm(range(start, spec.recipe.steps), initial=start, total=spec.recipe.steps,
-               desc=f"train {name}")
+    total = spec.recipe.total_steps
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {name}")
     ema = None
     for step in bar:
         for g in opt.param_groups:
@@ -149,10 +153,10 @@ def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None
                                   "lr": lr_at(step, spec),
                                   "elapsed_s": time.time() - t0}) + "\n")
             log.flush()
-        if (step + 1) % spec.recipe.checkpoint_every == 0 or step + 1 == spec.recipe.steps:
+        if (step + 1) % spec.recipe.checkpoint_every == 0 or step + 1 in (spec.recipe.steps, total):
             _save_checkpoint(ckpt_path, model, opt, step + 1)
     log.close()
-    meta = {"train_steps": spec.recipe.steps, "train_seconds_this_run": time.time() - t0,
+    meta = {"train_steps": total, "train_seconds_this_run": time.time() - t0,
             "recipe": spec.to_dict()}
     if name == "pycode":
         files = pycode.corpus_files()

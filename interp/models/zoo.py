@@ -22,6 +22,14 @@ class TrainRecipe:
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_every: int = 200
+    # an optional warm restart after ``steps``: a second cosine from restart_lr to a tenth
+    # of it over restart_steps (the first phase's checkpoint is exactly its start)
+    restart_steps: int = 0
+    restart_lr: float = 0.0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.restart_steps
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ ZOO: dict[str, ZooSpec] = {
         description="GPT on uniformly random legal Othello games (the Othello-GPT setting); "
                     "tokens: <bos>, the 60 playable squares, <pad>",
         n_layers=6, d_model=128, n_heads=4, d_mlp=512, n_ctx=60, d_vocab=62,
-        recipe=TrainRecipe(steps=4500, batch_size=64, lr=2e-3, warmup_steps=200),
+        recipe=TrainRecipe(steps=4500, batch_size=64, lr=2e-3, warmup_steps=200,
+                           restart_steps=3000, restart_lr=1e-3),
     ),
     "pycode": ZooSpec(
         name="pycode",
