@@ -233,3 +233,18 @@ def test_bad_configs_are_explained():
         make("topk", k=4)(torch.randn(3, 5))
     with pytest.raises(DataError, match="unknown SAE config keys \\['kk'\\]"):
         SAEConfig.from_dict({"d_in": 4, "d_sae": 8, "kk": 3})
+
+
+def test_batch_topk_fast_path_and_fallback_agree_with_the_full_search():
+    g = torch.Generator().manual_seed(7)
+    for z in (torch.randn(32, 200, generator=g),                       # fast path
+              torch.cat([torch.randn(1, 200, generator=g) + 10,         # one row dominates:
+                         torch.randn(31, 200, generator=g)])):           # the fallback
+        z.requires_grad_(True)
+        values, indices = batch_topk(z, 3)
+        dense = torch.zeros_like(z).scatter_add(1, indices, values)
+        cut = z.relu().flatten().topk(96).values.min()
+        ref = torch.where(z.relu() >= cut, z.relu(), torch.zeros_like(z))
+        torch.testing.assert_close(dense, ref)
+        (grad,) = torch.autograd.grad(dense.sum(), z)
+        torch.testing.assert_close(grad, (ref > 0).float())
