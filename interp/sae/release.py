@@ -4,7 +4,8 @@
 with its folder, model, hook, architecture and headline metrics; :func:`load_pretrained`
 opens one by name, like SAELens's ``SAE.from_pretrained`` does for hub releases.
 ``python -m interp.sae.release`` (``make saes``) rebuilds them all from scratch: harvest,
-train, evaluate, register. Seeded; about RELEASE_MINUTES minutes on a 2-core CPU.
+train, evaluate, register. Seeded; each SAE's training time is in its ``metrics.json``
+(``train_seconds``).
 """
 from __future__ import annotations
 
