@@ -221,9 +221,10 @@ class ActivationStore:
         return list(self.manifest["hooks"])
 
     def d_in(self, hook: str | None = None) -> int:
-        return self.manifest["hooks"][self._hook(hook)]["d_in"]
+        return self.manifest["hooks"][self.resolve_hook(hook)]["d_in"]
 
-    def _hook(self, hook: str | None) -> str:
+    def resolve_hook(self, hook: str | None) -> str:
+        """``hook``, or the store's only hook when None; unknown names list the valid ones."""
         if hook is None:
             if len(self.hooks) > 1:
                 raise DataError(f"this store holds several hooks; name one of {self.hooks}")
@@ -282,7 +283,7 @@ class ActivationStore:
     def read(self, rows: np.ndarray | Sequence[int], hook: str | None = None,
              dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """Activations of the given global rows, in the given order: (len(rows), d_in)."""
-        hook = self._hook(hook)
+        hook = self.resolve_hook(hook)
         sub = self.manifest["hooks"][hook]["dir"]
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
@@ -372,7 +373,7 @@ class ActivationStore:
             raise DataError(f"splitting batches over {world} processes needs a batch size "
                             f"divisible by {world} (got {batch_size}) and drop_last")
         local = batch_size // world
-        hook = self._hook(hook)
+        hook = self.resolve_hook(hook)
         lo, hi = self._row_range(row_range)
         epoch, skipped = 0, 0
         while epochs is None or epoch < epochs:
@@ -405,7 +406,7 @@ class ActivationStore:
                     dtype: torch.dtype | None = torch.float32
                     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, activations) over the whole store in row order, a chunk at a time."""
-        hook = self._hook(hook)
+        hook = self.resolve_hook(hook)
         sub = self.manifest["hooks"][hook]["dir"]
         for i, shard in enumerate(self._shards):
             data = self._map(sub, i)
@@ -420,7 +421,7 @@ class ActivationStore:
     def unit_values(self, unit: int, hook: str | None = None,
                     max_rows: int | None = None) -> np.ndarray:
         """float32 values of activation dimension ``unit`` over the first ``max_rows`` rows."""
-        hook = self._hook(hook)
+        hook = self.resolve_hook(hook)
         self._check_unit(unit, hook)
         out, n = [], 0
         for _, chunk in self.iter_chunks(hook):
@@ -434,7 +435,7 @@ class ActivationStore:
     def top_rows(self, unit: int, k: int = 20, hook: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` rows where dimension ``unit`` is largest: (rows, values), descending."""
-        hook = self._hook(hook)
+        hook = self.resolve_hook(hook)
         self._check_unit(unit, hook)
         best_v = torch.empty(0)
         best_r = torch.empty(0, dtype=torch.long)

@@ -130,6 +130,13 @@ class SAEOutput:
         out = torch.zeros_like(self.pre)
         return out.scatter_add(1, self.indices, self.values)
 
+    def fired_counts(self) -> torch.Tensor:
+        """(d_sae,) how many rows each latent is active on."""
+        if self.acts is not None:
+            return (self.acts != 0).sum(0)
+        active = self.values != 0
+        return torch.bincount(self.indices[active], minlength=self.pre.shape[1])
+
     def l0(self) -> torch.Tensor:
         """(B,) active latents per row."""
         if self.acts is not None:

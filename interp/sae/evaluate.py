@@ -35,12 +35,7 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
             sum_x = xs.sum(0) if sum_x is None else sum_x + xs.sum(0)
             sum_x2 = float(xs.square().sum()) + (0.0 if sum_x2 is None else sum_x2)
             l0 += float(out.l0().sum())
-            if out.acts is not None:
-                fired += (out.acts != 0).sum(0).double()
-            else:
-                active = out.values != 0
-                fired.index_add_(0, out.indices[active], torch.ones(int(active.sum()),
-                                                                    dtype=torch.float64))
+            fired += out.fired_counts().double()
             n += x.shape[0]
     finally:
         sae.train(was)
@@ -66,6 +61,13 @@ def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = 
         return (out.x_hat / scale).reshape(shape).to(act.dtype)
 
     return hook_fn
+
+
+def kl_per_token(clean_logits: torch.Tensor, spliced_logits: torch.Tensor) -> torch.Tensor:
+    """KL(clean || spliced) of the next-token distributions, one value per position."""
+    lp = clean_logits.float().log_softmax(-1)
+    lq = spliced_logits.float().log_softmax(-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
 
 
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -104,8 +106,7 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
             sums["ce_clean"] += float(_next_token_ce(clean, tokens).sum())
             sums["ce_spliced"] += float(_next_token_ce(spliced, tokens).sum())
             sums["ce_ablated"] += float(_next_token_ce(ablated, tokens).sum())
-            lp, lq = clean.float().log_softmax(-1), spliced.float().log_softmax(-1)
-            sums["kl"] += float((lp.exp() * (lp - lq)).sum(-1)[:, :-1].sum())
+            sums["kl"] += float(kl_per_token(clean, spliced)[:, :-1].sum())
             n += tokens.shape[0] * (tokens.shape[1] - 1)
     finally:
         sae.train(was)
@@ -166,7 +167,7 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
     figures = {}
     if store:
         st = open_store(store)
-        hook = st._hook(hook if hook in st.hooks else None)
+        hook = st.resolve_hook(hook if hook in st.hooks else None)
         if st.d_in(hook) != sae.cfg.d_in:
             raise DataError(f"the store's {hook} has d_in={st.d_in(hook)}, but the SAE at "
                             f"{folder} takes d_in={sae.cfg.d_in}")

@@ -144,7 +144,7 @@ class StoreObjective:
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
         self.cfg, self.ddp = cfg, ddp
         self.store = open_store(cfg.store)
-        self.hook = self.store._hook(cfg.hook)
+        self.hook = self.store.resolve_hook(cfg.hook)
         self.d_in = self.store.d_in(self.hook)
         self.n_train = self.store.n_rows - cfg.eval_rows
         if self.n_train < cfg.batch_size:
@@ -246,7 +246,7 @@ class EndToEndObjective:
             yield b[self.ddp.rank * local:(self.ddp.rank + 1) * local]
 
     def loss(self, sae, tokens, step, dead, gen, scale):
-        from interp.sae.evaluate import splice_hook
+        from interp.sae.evaluate import kl_per_token, splice_hook
 
         names = [self.hook] + self.downstream
         with torch.no_grad():
@@ -257,9 +257,7 @@ class EndToEndObjective:
         for name in self.downstream:
             fwd_hooks.append((name, lambda act, hook: spliced_acts.__setitem__(hook.name, act)))
         spliced = self.model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
-        lp = clean.float().log_softmax(-1)
-        lq = spliced.float().log_softmax(-1)
-        kl = (lp.exp() * (lp - lq)).sum(-1).mean()
+        kl = kl_per_token(clean, spliced).mean()
         fwd = keep["out"]
         terms = {"kl": kl}
         if sae.cfg.arch == "relu":
@@ -345,12 +343,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
         if hasattr(sae, "threshold"):
             ddp.all_reduce_mean_([sae.threshold])
         with torch.no_grad():
-            fired = torch.zeros(sae_cfg.d_sae, dtype=torch.bool)
-            if fwd.acts is not None:
-                fired = (fwd.acts != 0).any(0)
-            else:
-                fired[fwd.indices[fwd.values != 0]] = True
-            fired = ddp.any_(fired)
+            fired = ddp.any_(fwd.fired_counts() > 0)
             since_fired += x.shape[0] * ddp.world
             since_fired[fired] = 0
         if ddp.main and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
