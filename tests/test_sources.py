@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 
 from interp.data import othello as oth
 from interp.data.sources import (HFDatasetSource, LocalTextSource, OthelloSource, batches,
-                                 make_source, pack)
+                                 make_source, pack, prefetch)
 from interp.errors import DataError, UnknownNameError
 from interp.models.zoo import model_dir
 
@@ -107,3 +108,18 @@ def test_hf_dataset_offline_fails_clearly(monkeypatch, tmp_path, tok):
     with pytest.raises(DataError, match="could not open the Hugging Face dataset "
                                         "'NeelNanda/pile-10k'.*local"):
         next(src.contexts(16))
+
+
+def test_prefetch_yields_everything_in_order_and_reraises():
+    assert list(prefetch(iter(range(100)), depth=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise DataError("bad row 2")
+
+    it = prefetch(broken())
+    assert next(it) == 1
+    with pytest.raises(DataError, match="bad row 2"):
+        next(it)
+    # a consumer that stops early does not hang the producer
+    assert list(zip(range(3), prefetch(itertools.count()))) == [(0, 0), (1, 1), (2, 2)]

@@ -12,10 +12,12 @@ POSITIONS = list(range(1, N_CTX))  # BOS dropped
 P = len(POSITIONS)
 
 
-def write_store(path, n_contexts=50, batch=7, shard_rows=40, dtype="float32", close=True):
+def write_store(path, n_contexts=50, batch=7, shard_rows=40, dtype="float32", close=True,
+                expected=None):
     """Row r's activation is [r, r+0.5, -r, context]: easy to check order and coverage."""
     w = StoreWriter(path, {"blocks.0.hook_resid_post": D, "blocks.1.hook_mlp_out": 2}, N_CTX,
-                    POSITIONS, dtype=dtype, shard_rows=shard_rows, meta={"model": "toy"})
+                    POSITIONS, dtype=dtype, shard_rows=shard_rows, meta={"model": "toy"},
+                    expected_contexts=expected)
     for start in range(0, n_contexts, batch):
         b = min(batch, n_contexts - start)
         ctx = torch.arange(start, start + b)
@@ -46,6 +48,28 @@ def test_round_trip_rows_tokens_and_locate(tmp_path):
     toks = s.tokens(ctx)
     np.testing.assert_array_equal(toks[np.arange(len(rows)), pos], ctx * 100 + pos)
     assert s.tokens().shape == (50, N_CTX)
+
+
+@pytest.mark.parametrize("expected", [None, 50, 80])
+def test_last_shard_holds_exactly_the_rest(tmp_path, expected):
+    # expected == 50 sizes the last shard exactly; None and 80 (the source ran out) truncate
+    write_store(tmp_path / "s", expected=expected)
+    s = ActivationStore(tmp_path / "s")
+    assert [sh["contexts"] for sh in s.manifest["shards"]] == [8] * 6 + [2]
+    last = np.load(tmp_path / "s" / "blocks.0.hook_resid_post" / "shard_00006.npy")
+    assert last.shape == (2 * P, D)
+    np.testing.assert_array_equal(last[:, 0], np.arange(48 * P, 50 * P))
+    assert sorted(p.name for p in (tmp_path / "s" / "tokens").iterdir()) == [
+        f"shard_{i:05d}.npy" for i in range(7)]
+
+
+def test_non_contiguous_activations_are_stored_in_order(tmp_path):
+    w = StoreWriter(tmp_path / "s", {"h": D}, N_CTX, POSITIONS, shard_rows=40)
+    full = torch.arange(3 * N_CTX * D, dtype=torch.float32).view(3, N_CTX, D)
+    w.add(torch.zeros(3, N_CTX, dtype=torch.long), {"h": full[:, 1:]})  # a strided view
+    w.close()
+    x = ActivationStore(tmp_path / "s").read(np.arange(3 * P), "h")
+    np.testing.assert_array_equal(x.numpy(), full[:, 1:].reshape(-1, D).numpy())
 
 
 def test_shuffled_epoch_covers_every_row_once_with_small_buffer(tmp_path):

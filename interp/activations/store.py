@@ -60,18 +60,20 @@ def _npy_header_len(path: Path) -> int:
         return f.tell()
 
 
-def to_numpy_dtype(t: torch.Tensor, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return t.to(DTYPES[dtype][1]).numpy()
-
-
 class StoreWriter:
-    """Writes contexts' activations shard by shard (see module docstring)."""
+    """Writes contexts' activations shard by shard (see module docstring).
+
+    Each shard is a set of ``.npy`` files created at their final size and memory-mapped, so
+    ``add`` copies the activations once, straight into the page cache of the file that
+    will hold them (converting the dtype in the same copy). A shard enters the manifest only
+    when it is full. ``expected_contexts`` (optional) sizes the last shard exactly; a shard
+    left partly filled at ``close`` is truncated by one extra copy.
+    """
 
     def __init__(self, path: Path | str, hooks: dict[str, int], n_ctx: int,
                  positions: Sequence[int], dtype: str = "float32", shard_rows: int = 2**18,
-                 meta: dict | None = None, resume: bool = True):
+                 meta: dict | None = None, resume: bool = True,
+                 expected_contexts: int | None = None):
         if dtype not in DTYPES:
             raise unknown("dtype", dtype, DTYPES)
         if not hooks:
@@ -82,6 +84,7 @@ class StoreWriter:
         self.path = Path(path)
         self.n_ctx, self.positions, self.dtype = n_ctx, positions, dtype
         self.contexts_per_shard = max(1, shard_rows // len(positions))
+        self.expected_contexts = expected_contexts
         self.manifest = {
             "format_version": FORMAT_VERSION, "complete": False, "code_version": code_version(),
             "hooks": {h: {"d_in": int(d), "dir": hook_dir_name(h)} for h, d in hooks.items()},
@@ -109,14 +112,19 @@ class StoreWriter:
         for h in hooks:
             (self.path / hook_dir_name(h)).mkdir(exist_ok=True)
         (self.path / "tokens").mkdir(exist_ok=True)
-        self._buf_tokens: list[np.ndarray] = []
-        self._buf_acts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
-        self._buffered = 0
+        self._shard: dict[str, np.ndarray] = {}   # "tokens" and each hook: open memmaps
+        self._capacity = 0                        # contexts the open shard holds
+        self._filled = 0                          # contexts written into it
         _atomic_write_json(existing, self.manifest)
 
     @property
     def contexts_done(self) -> int:
+        """Contexts in shards listed in the manifest (what a resume keeps)."""
         return sum(s["contexts"] for s in self.manifest["shards"])
+
+    @property
+    def contexts_written(self) -> int:
+        return self.contexts_done + self._filled
 
     def _drop_unlisted_shards(self) -> None:
         """Partial shards written after the last manifest update are rewritten."""
@@ -126,42 +134,78 @@ class StoreWriter:
                 if int(f.stem.split("_")[1]) >= n:
                     f.unlink()
 
+    def _shard_name(self) -> str:
+        return f"shard_{len(self.manifest['shards']):05d}.npy"
+
+    def _open_shard(self) -> None:
+        cap = self.contexts_per_shard
+        if self.expected_contexts is not None:
+            cap = max(1, min(cap, self.expected_contexts - self.contexts_done))
+        name, P = self._shard_name(), len(self.positions)
+        self._shard = {"tokens": np.lib.format.open_memmap(
+            self.path / "tokens" / name, mode="w+", dtype=np.int32, shape=(cap, self.n_ctx))}
+        for h, spec in self.manifest["hooks"].items():
+            self._shard[h] = np.lib.format.open_memmap(
+                self.path / spec["dir"] / name, mode="w+", dtype=DTYPES[self.dtype][0],
+                shape=(cap * P, spec["d_in"]))
+        self._capacity, self._filled = cap, 0
+
+    def _as_torch(self, key: str) -> torch.Tensor:
+        """The open shard's array ``key`` as a tensor sharing its memory."""
+        a = self._shard[key]
+        if key != "tokens" and self.dtype == "bfloat16":
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
     def add(self, tokens: np.ndarray | torch.Tensor, acts: dict[str, torch.Tensor]) -> None:
         """tokens (B, n_ctx); acts[hook] (B, P, d_in) at the kept positions."""
-        tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
-        b = tokens.shape[0]
+        tokens = torch.as_tensor(tokens)
+        b, P = tokens.shape[0], len(self.positions)
         for h, spec in self.manifest["hooks"].items():
             if h not in acts:
                 raise DataError(f"missing activations for hook {h!r}")
-            a = acts[h]
-            if tuple(a.shape) != (b, len(self.positions), spec["d_in"]):
-                raise DataError(f"activations for {h!r} have shape {tuple(a.shape)}, expected "
-                                f"{(b, len(self.positions), spec['d_in'])}")
-            self._buf_acts[h].append(to_numpy_dtype(a.detach().cpu(), self.dtype)
-                                     .reshape(b * len(self.positions), spec["d_in"]))
-        self._buf_tokens.append(tokens.astype(np.int32))
-        self._buffered += b
-        while self._buffered >= self.contexts_per_shard:
-            self._flush(self.contexts_per_shard)
+            if tuple(acts[h].shape) != (b, P, spec["d_in"]):
+                raise DataError(f"activations for {h!r} have shape {tuple(acts[h].shape)}, "
+                                f"expected {(b, P, spec['d_in'])}")
+        done = 0
+        while done < b:
+            if not self._shard:
+                self._open_shard()
+            take = min(b - done, self._capacity - self._filled)
+            lo, hi = self._filled, self._filled + take
+            with torch.no_grad():
+                self._as_torch("tokens")[lo:hi].copy_(tokens[done:done + take])
+                for h in self.manifest["hooks"]:
+                    dst = self._as_torch(h)[lo * P:hi * P].view(take, P, -1)
+                    dst.copy_(acts[h][done:done + take])
+            self._filled, done = hi, done + take
+            if self._filled == self._capacity:
+                self._commit_shard()
 
-    def _flush(self, n_contexts: int) -> None:
-        idx = len(self.manifest["shards"])
-        name = f"shard_{idx:05d}.npy"
-        toks = np.concatenate(self._buf_tokens)
-        np.save(self.path / "tokens" / name, toks[:n_contexts])
-        self._buf_tokens = [toks[n_contexts:]]
-        rows = n_contexts * len(self.positions)
-        for h, spec in self.manifest["hooks"].items():
-            a = np.concatenate(self._buf_acts[h])
-            np.save(self.path / spec["dir"] / name, a[:rows])
-            self._buf_acts[h] = [a[rows:]]
-        self._buffered -= n_contexts
-        self.manifest["shards"].append({"file": name, "contexts": n_contexts, "rows": rows})
+    def _commit_shard(self) -> None:
+        """List the open shard in the manifest, truncating it if it is not full."""
+        name, n, P = self._shard_name(), self._filled, len(self.positions)
+        if n < self._capacity:
+            for key, a in self._shard.items():
+                rows = n if key == "tokens" else n * P
+                sub = "tokens" if key == "tokens" else self.manifest["hooks"][key]["dir"]
+                tmp = self.path / sub / (name + ".tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, a[:rows])
+                os.replace(tmp, self.path / sub / name)
+        self._shard = {}  # drops the memmaps; the data stays in the page cache / on disk
+        self.manifest["shards"].append({"file": name, "contexts": n, "rows": n * P})
+        self._filled = self._capacity = 0
         _atomic_write_json(self.path / MANIFEST, self.manifest)
 
     def close(self, extra: dict | None = None) -> Path:
-        if self._buffered:
-            self._flush(self._buffered)
+        if self._filled:
+            self._commit_shard()
+        elif self._shard:  # opened but never written
+            for key in list(self._shard):
+                sub = "tokens" if key == "tokens" else self.manifest["hooks"][key]["dir"]
+                self._shard.pop(key)
+                (self.path / sub / self._shard_name()).unlink(missing_ok=True)
         if not self.manifest["shards"]:
             raise DataError("nothing was harvested: the token source gave no contexts")
         self.manifest["complete"] = True

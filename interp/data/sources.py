@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -71,6 +73,48 @@ def batches(source: TokenSource, n_ctx: int, batch_size: int,
     if not any_yielded:
         raise DataError(f"empty dataset: the token source {source.describe()} gave no "
                         f"context of {n_ctx} tokens")
+
+
+def prefetch(it: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``it`` in a background thread, ``depth`` items ahead.
+
+    Token generation (Othello games, tokenization) is numpy / Rust work that releases the
+    GIL, so it overlaps with the model's forward pass. Exceptions reach the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def run() -> None:
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # re-raised in the consumer's thread
+            put(e)
+
+    worker = threading.Thread(target=run, daemon=True, name="interp-prefetch")
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 # ---------------------------------------------------------------- tokenizers
