@@ -160,7 +160,7 @@ def test_aux_loss_reconstructs_the_residual_from_dead_latents():
     dead = torch.zeros(M, dtype=torch.bool)
     dead[::3] = True
     _, out, terms = sae.loss(x, dead=dead)
-    z = out.pre.detach()
+    z = out.pre_activations().detach()
     zd = torch.where(dead, z, torch.full_like(z, -math.inf))
     ref_acts = torch.zeros_like(z)
     for i in range(B):
@@ -179,8 +179,8 @@ def test_decoder_stays_on_the_sphere():
         p = sae.decoder_parameter()
         p.grad = torch.randn_like(p)
         sae.remove_parallel_grad()
-        dim = 0 if tied else 1
-        torch.testing.assert_close((p.grad * p).sum(dim), torch.zeros(M), atol=1e-5, rtol=0)
+        assert p.shape == (M, D)  # decoder directions are rows, tied or not
+        torch.testing.assert_close((p.grad * p).sum(1), torch.zeros(M), atol=1e-5, rtol=0)
         with torch.no_grad():
             p.mul_(3)
         sae.normalize_decoder()

@@ -18,9 +18,13 @@ hierarchical   ReLU of the K largest z, sorted          mean over k' <= K of MSE
 _topk
 ============== ======================================== =====================================
 
-The top-k family keeps its codes sparse, ``values`` and ``indices`` of shape (B, K), and
-decodes by gathering K decoder rows (``embedding_bag``), never forming a dense (B, d_sae)
-activation. Activations are expected normalized by one scalar during training
+The top-k family keeps its codes sparse, ``values`` and ``indices`` of shape (B, K). On
+its default path (``sparse_kernels=True``) only the encoder's product ``x @ W_enc`` is dense:
+selection, decoding and every gradient (decoder, encoder weights, biases) cost
+O(B * K * d) through ``interp.sae.kernels``. ``sparse_kernels=False`` is the plain autograd
+reference (dense top-k backward, ``embedding_bag`` decode) that the tests hold it to.
+Both weight matrices are stored as (d_sae, d_in) rows, so a gradient touches K rows per
+token; ``W_enc`` is exposed in SAELens's (d_in, d_sae) layout as a view. Activations are expected normalized by one scalar during training
 (``fold_activation_scale`` folds it into the weights for saving).
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp.errors import DataError, unknown
+from interp.sae import kernels
 
 ARCHITECTURES = ("relu", "jumprelu", "ksparse", "topk", "batchtopk", "matryoshka",
                  "hierarchical_topk")
@@ -119,15 +124,27 @@ class SAEOutput:
     """What one forward pass computed. Sparse archs fill values/indices, dense ones acts."""
 
     x_hat: torch.Tensor                   # (B, d_in)
-    pre: torch.Tensor                     # (B, d_sae) encoder pre-activations z
+    pre: torch.Tensor | None              # (B, d_sae) encoder pre-activations z (dense paths)
     values: torch.Tensor | None = None    # (B, K) active values (0 marks padding)
     indices: torch.Tensor | None = None   # (B, K) their latent ids
     acts: torch.Tensor | None = None      # (B, d_sae) dense activations
+    # sparse path: z = scores[0] + scores[1], i.e. x @ W_enc (B, d_sae) and the folded bias
+    scores: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def d_sae(self) -> int:
+        return (self.pre if self.pre is not None else self.scores[0]).shape[1]
+
+    def pre_activations(self) -> torch.Tensor:
+        """(B, d_sae) z, formed on demand on the sparse path (no gradient)."""
+        if self.pre is not None:
+            return self.pre
+        return self.scores[0] + self.scores[1]
 
     def dense(self) -> torch.Tensor:
         if self.acts is not None:
             return self.acts
-        out = torch.zeros_like(self.pre)
+        out = self.values.new_zeros(self.values.shape[0], self.d_sae)
         return out.scatter_add(1, self.indices, self.values)
 
     def fired_counts(self) -> torch.Tensor:
@@ -135,7 +152,7 @@ class SAEOutput:
         if self.acts is not None:
             return (self.acts != 0).sum(0)
         active = self.values != 0
-        return torch.bincount(self.indices[active], minlength=self.pre.shape[1])
+        return torch.bincount(self.indices[active], minlength=self.d_sae)
 
     def l0(self) -> torch.Tensor:
         """(B,) active latents per row."""
@@ -181,8 +198,84 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(z), (grad * -(1 / eps) * window).sum(0), None
 
 
-def batch_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The B*k largest entries of ReLU(z) over the whole batch, packed per row as
+class _SparseEncode(torch.autograd.Function):
+    """The selected pre-activations ``z[b, idx[b, j]]`` (already computed by the selection)
+    as a function of x, the encoder rows and both biases, with O(B * K * d) gradients:
+
+    dW_rows[i] = sum_{idx[b,j]=i} g[b,j] (x[b] - b_dec);  db_enc = the same with 1;
+    db_dec = -(db_enc @ W_rows);  dx[b] = sum_j g[b,j] W_rows[idx[b,j]].
+    """
+
+    @staticmethod
+    def forward(ctx, values, x, w_rows, b_enc, b_dec, indices):
+        ctx.save_for_backward(x, w_rows, b_dec, indices)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w_rows, b_dec, indices = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g = g.contiguous()
+        grad_b_enc = torch.zeros(w_rows.shape[0], dtype=g.dtype, device=g.device)
+        grad_b_enc.index_add_(0, indices.reshape(-1), g.reshape(-1))
+        grad_w = grad_x = grad_b_dec = None
+        if need[2]:
+            grad_w = kernels.scatter_rows(torch.zeros_like(w_rows), indices, g, x - b_dec)
+        if need[4]:
+            grad_b_dec = -(grad_b_enc @ w_rows)
+        if need[1]:
+            grad_x = kernels.decode(g, indices, w_rows)
+        return g, grad_x, grad_w, grad_b_enc if need[3] else None, grad_b_dec, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``sum_j values[b, j] * W_rows[idx[b, j]]`` with O(B * K * d) gradients.
+
+    ``rectified``: the values come out of a ReLU, so a zero value's gradient is zeroed by
+    the ReLU anyway and is not computed (AuxK's k_aux slots are mostly zeros).
+    """
+
+    @staticmethod
+    def forward(ctx, values, indices, w_rows, rectified=False):
+        ctx.save_for_backward(values, indices, w_rows)
+        ctx.rectified = rectified
+        return kernels.decode(values, indices, w_rows)
+
+    @staticmethod
+    def backward(ctx, gx):
+        values, indices, w_rows = ctx.saved_tensors
+        gx = gx.contiguous()
+        grad_v = None
+        if ctx.needs_input_grad[0]:
+            grad_v = kernels.gather_dot(gx, indices, w_rows,
+                                        values.detach() if ctx.rectified else None)
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            grad_w = kernels.scatter_rows(torch.zeros_like(w_rows), indices, values.detach(), gx)
+        return grad_v, None, grad_w, None
+
+
+class _HierarchicalMSE(torch.autograd.Function):
+    """Sum over rows and k' = 1..K of ||x0 - sum_{j<=k'} v_j W[i_j]||^2, x0 = x - b_dec;
+    loss and gradients in one pass of ``kernels.hierarchical``."""
+
+    @staticmethod
+    def forward(ctx, x, b_dec, values, indices, w_rows):
+        loss, gv, gw, gx0 = kernels.hierarchical(x - b_dec, values, indices, w_rows)
+        ctx.save_for_backward(gv, gw, gx0)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        gv, gw, gx0 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        return (g * gx0 if need[0] else None, -g * gx0.sum(0) if need[1] else None,
+                g * gv if need[2] else None, None, g * gw if need[4] else None)
+
+
+def batch_topk(z: torch.Tensor, k: int, bias: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The B*k largest entries of ReLU(z + bias) over the whole batch, packed per row as
     (values, indices) of shape (B, K_max); padding has value 0 and index 0.
 
     Fast path: the batch's top B*k is taken among each row's top 4k candidates. It is exact
@@ -190,15 +283,16 @@ def batch_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     most an unchosen candidate); otherwise the whole (B, m) matrix is searched.
     """
     b, m = z.shape
+    bias = z.new_zeros(m) if bias is None else bias
     n = min(b * k, b * m)
-    act = z.relu()
     c = min(m, 4 * k)
-    pool_v, pool_i = act.topk(c, dim=1, sorted=False)
+    pool_v, pool_i = kernels.topk_rows(z, bias, c)
+    pool_v = pool_v.relu()
     chosen = pool_v.flatten().topk(n, sorted=False).indices
     counts = torch.bincount(chosen // c, minlength=b)
     if c < m and int(counts.max()) == c:  # a row may hold more than its candidates
-        pool_v, pool_i = act, None
-        chosen = act.flatten().topk(n, sorted=False).indices
+        pool_v, pool_i = (z + bias).relu(), None
+        chosen = pool_v.flatten().topk(n, sorted=False).indices
         counts = torch.bincount(chosen // m, minlength=b)
     # compact each row's chosen entries with a row-wise top-k (no global sort)
     mask = torch.zeros(pool_v.numel(), dtype=torch.bool, device=z.device)
@@ -211,17 +305,20 @@ def batch_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------ the core
 class SparseAutoencoder(nn.Module):
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig, sparse_kernels: bool = True):
         super().__init__()
         self.cfg = cfg.validate()
+        # False: the dense autograd reference path for the top-k family (tests, debugging)
+        self.sparse_kernels = sparse_kernels
         d, m = cfg.d_in, cfg.d_sae
         g = torch.Generator().manual_seed(cfg.seed)
         w_dec = torch.randn(m, d, generator=g)
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
         if cfg.arch == "relu":
             w_dec = w_dec * 0.1  # small decoder norms, as the L1-weighted recipe starts
-        self.W_enc = nn.Parameter(w_dec.T.clone() if cfg.tied_init or cfg.tied else
-                                  torch.randn(d, m, generator=g) / math.sqrt(d))
+        # the encoder as rows (d_sae, d_in): W_enc is its transpose (a view)
+        self._W_enc = nn.Parameter(w_dec.clone() if cfg.tied_init or cfg.tied else
+                                   torch.randn(m, d, generator=g) / math.sqrt(d))
         self._W_dec = None if cfg.tied else nn.Parameter(w_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
@@ -234,21 +331,24 @@ class SparseAutoencoder(nn.Module):
 
     # -------------------------------------------------------------- parameters
     @property
+    def W_enc(self) -> torch.Tensor:
+        """(d_in, d_sae), SAELens's layout: a view of the stored rows."""
+        return self._W_enc.T
+
+    @property
     def W_dec(self) -> torch.Tensor:
-        return self.W_enc.T if self.cfg.tied else self._W_dec
+        return self._W_enc if self.cfg.tied else self._W_dec
 
     def decoder_parameter(self) -> nn.Parameter:
-        """The parameter whose rows (or columns, when tied) are the decoder directions."""
-        return self.W_enc if self.cfg.tied else self._W_dec
+        """The (d_sae, d_in) parameter whose rows are the decoder directions."""
+        return self._W_enc if self.cfg.tied else self._W_dec
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         if not self.cfg.unit_norm_decoder:
             return
-        if self.cfg.tied:
-            self.W_enc.div_(self.W_enc.norm(dim=0, keepdim=True).clamp_min(1e-8))
-        else:
-            self._W_dec.div_(self._W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        w = self.decoder_parameter()
+        w.div_(torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
@@ -259,9 +359,8 @@ class SparseAutoencoder(nn.Module):
         p = self.decoder_parameter()
         if p.grad is None:
             return
-        dim = 0 if self.cfg.tied else 1
-        parallel = (p.grad * p).sum(dim, keepdim=True)
-        p.grad.sub_(parallel * p)
+        parallel = torch.linalg.vecdot(p.grad, p).unsqueeze(1)
+        p.grad.addcmul_(parallel, p, value=-1)
 
     @torch.no_grad()
     def init_b_dec(self, sample: torch.Tensor) -> None:
@@ -291,32 +390,63 @@ class SparseAutoencoder(nn.Module):
         batch-level selection (batchtopk, matryoshka) happens in training mode only."""
         if x.shape[-1] != self.cfg.d_in:
             raise DataError(f"input has d={x.shape[-1]}, this SAE takes d_in={self.cfg.d_in}")
-        z = self.encode_pre(x)
         arch = self.cfg.arch
+        by_threshold = arch in ("batchtopk", "matryoshka") and not self.training
+        if arch in TOPK_FAMILY and self.sparse_kernels and not by_threshold:
+            scores, bias = self._scores(x)
+            values, indices = self._select(scores, bias, step)
+            values = self._encode_selected(x, values, indices)
+            if arch != "ksparse":
+                values = values.relu()
+            return SAEOutput(self.decode_sparse(values, indices), None, values, indices,
+                             scores=(scores, bias))
+        z = self.encode_pre(x)
         if arch == "relu":
             acts = z.relu()
             return SAEOutput(self.decode_dense(acts), z, acts=acts)
         if arch == "jumprelu":
             acts = _JumpReLU.apply(z, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
             return SAEOutput(self.decode_dense(acts), z, acts=acts)
-        if arch in ("batchtopk", "matryoshka"):
-            if self.training:
-                values, indices = batch_topk(z, self.cfg.k)
-                self._update_threshold(values)
-            else:
-                if float(self.threshold) < 0:
-                    raise DataError(f"this {arch} SAE has no inference threshold yet: train it "
-                                    f"(the threshold is estimated during training)")
-                acts = z * (z > self.threshold)
-                return SAEOutput(self.decode_dense(acts), z, acts=acts)
-        else:
-            k = self.k_at(step if self.training else None)
-            if arch == "ksparse":
-                values, indices = z.topk(k, dim=1, sorted=False)
-            else:
-                values, indices = z.topk(k, dim=1, sorted=arch == "hierarchical_topk")
-                values = values.relu()
+        if by_threshold:
+            if float(self.threshold) < 0:
+                raise DataError(f"this {arch} SAE has no inference threshold yet: train it "
+                                f"(the threshold is estimated during training)")
+            acts = z * (z > self.threshold)
+            return SAEOutput(self.decode_dense(acts), z, acts=acts)
+        values, indices = self._select(z, None, step)
+        if arch != "ksparse":
+            values = values.relu()
         return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+
+    @torch.no_grad()
+    def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sparse path's encoder: ``x @ W_enc`` (B, d_sae), the one dense product, and
+        the bias it needs, ``b_enc - b_dec @ W_enc``, so that z = scores + bias."""
+        w = self._W_enc.detach()
+        return x.detach() @ w.T, self.b_enc.detach() - w @ self.b_dec.detach()
+
+    def _encode_selected(self, x: torch.Tensor, values: torch.Tensor,
+                         indices: torch.Tensor) -> torch.Tensor:
+        """The selected z values, differentiable w.r.t. x and the encoder (sparse grads)."""
+        return _SparseEncode.apply(values, x, self._W_enc, self.b_enc, self.b_dec, indices)
+
+    def _select(self, z: torch.Tensor, bias: torch.Tensor | None, step: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active (values, indices) of z (+ bias) by the architecture's rule."""
+        arch = self.cfg.arch
+        if arch in ("batchtopk", "matryoshka"):
+            values, indices = batch_topk(z, self.cfg.k, bias)
+            self._update_threshold(values)
+            return values, indices
+        k = self.k_at(step if self.training else None)
+        if bias is None:
+            values, indices = z.topk(k, dim=1, sorted=False)
+        else:
+            values, indices = kernels.topk_rows(z, bias, k)
+        if arch == "hierarchical_topk":  # prefixes of the code are its top-k' latents
+            values, order = values.sort(dim=1, descending=True)
+            indices = indices.gather(1, order)
+        return values, indices
 
     @torch.no_grad()
     def _update_threshold(self, values: torch.Tensor) -> None:
@@ -333,8 +463,10 @@ class SparseAutoencoder(nn.Module):
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec, gathering only K rows."""
-        w = self.W_dec if not self.cfg.tied else self.W_enc.T
-        out = F.embedding_bag(indices, w, per_sample_weights=values, mode="sum")
+        if self.sparse_kernels:
+            out = _SparseDecode.apply(values, indices, self.W_dec, self.cfg.arch != "ksparse")
+        else:
+            out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
         return out + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,8 +511,13 @@ class SparseAutoencoder(nn.Module):
         """AuxK: the top k_aux dead latents reconstruct the main residual (Gao et al.)."""
         k_aux = min(self.cfg.k_aux or self.cfg.d_in // 2, int(dead.sum()))
         residual = (x - out.x_hat).detach()
-        z_dead = out.pre.masked_fill(~dead, float("-inf"))
-        values, indices = z_dead.topk(k_aux, dim=1, sorted=False)
+        if out.scores is not None:
+            scores, bias = out.scores
+            values, indices = kernels.topk_rows(scores, bias.masked_fill(~dead, -math.inf), k_aux)
+            values = self._encode_selected(x, values, indices)
+        else:
+            z_dead = out.pre.masked_fill(~dead, float("-inf"))
+            values, indices = z_dead.topk(k_aux, dim=1, sorted=False)
         values = values.relu()
         recon = self.decode_sparse(values, indices) - self.b_dec
         return (recon - residual).square().sum(1).mean()
@@ -408,6 +545,9 @@ class SparseAutoencoder(nn.Module):
         One pass: the gathered decoder rows scaled by their (sorted) values are summed
         cumulatively, giving every prefix reconstruction at once.
         """
+        if self.sparse_kernels:
+            total = _HierarchicalMSE.apply(x, self.b_dec, out.values, out.indices, self.W_dec)
+            return total / out.values.numel()
         contrib = out.values.unsqueeze(-1) * self.W_dec[out.indices]   # (B, K, d)
         x_hats = contrib.cumsum(1) + self.b_dec                          # (B, K, d)
         return (x_hats - x.unsqueeze(1)).square().sum(-1).mean()
@@ -416,11 +556,17 @@ class SparseAutoencoder(nn.Module):
         """HierarchicalTopK (or any top-k SAE) at a smaller k' <= K."""
         if self.cfg.arch not in TOPK_FAMILY or not 1 <= k <= self.cfg.k:
             raise DataError(f"k'={k} must lie in [1, {self.cfg.k}] for a top-k SAE")
-        z = self.encode_pre(x)
-        values, indices = z.topk(k, dim=1)
+        if self.sparse_kernels:
+            scores, bias = self._scores(x)
+            values, indices = kernels.topk_rows(scores, bias, k)
+            values = self._encode_selected(x, values, indices)
+            z, scores = None, (scores, bias)
+        else:
+            z, scores = self.encode_pre(x), None
+            values, indices = z.topk(k, dim=1, sorted=False)
         if self.cfg.arch != "ksparse":
             values = values.relu()
-        return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+        return SAEOutput(self.decode_sparse(values, indices), z, values, indices, scores=scores)
 
     # -------------------------------------------------------------- saving
     @torch.no_grad()
@@ -429,7 +575,7 @@ class SparseAutoencoder(nn.Module):
         if self.cfg.tied:
             raise DataError("a tied ksparse SAE cannot fold a scale (W_dec = W_enc^T); "
                             "untie it first with untie()")
-        self.W_enc.mul_(scale)
+        self._W_enc.mul_(scale)
         self._W_dec.div_(scale)
         self.b_dec.div_(scale)
         self.activation_scale.fill_(1.0)
@@ -437,7 +583,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def untie(self) -> None:
         if self.cfg.tied:
-            self._W_dec = nn.Parameter(self.W_enc.T.clone())
+            self._W_dec = nn.Parameter(self._W_enc.detach().clone())
             self.cfg.tied = False
 
 

@@ -1,0 +1,357 @@
+"""Sparse kernels for the top-k SAE family: everything but the encoder's dense product
+costs O(batch * k * d).
+
+With k << d_sae only ``x @ W_enc`` must touch every latent. Selecting the top k of each row,
+decoding, the gradient of the selected values, and the weight gradients of the encoder
+and decoder all work on the k selected latents of each row:
+
+=================== ================================== =====================================
+op                  computes                           used for
+=================== ================================== =====================================
+``topk_rows``       top k of ``z[b] + bias`` per row   selection (bias folds b_enc, b_dec)
+``decode``          ``sum_j v[b,j] * W[idx[b,j]]``      reconstruction; encoder grad wrt x
+``gather_dot``      ``<g[b], W[idx[b,j]]>``             gradient of the selected values
+``scatter_rows``    ``out[idx[b,j]] += c[b,j] * u[b]``  weight gradients (rows of W)
+``hierarchical``    mean over k' of the top-k' MSE,    HierarchicalTopK's loss in one pass,
+                    with its gradients                 never forming the (B, K, d) prefixes
+=================== ================================== =====================================
+
+Each op has a C++ kernel (``at::parallel_for``; compiled once per machine on first use
+with ``torch.utils.cpp_extension``, cached in ``TORCH_EXTENSIONS_DIR``) for fp32 CPU
+tensors, and a torch fallback used on other devices and dtypes, or wherever no C++
+compiler is available. The fallbacks are also the readable reference of each op.
+Set ``INTERP_SPARSE_KERNELS=torch`` to force the fallbacks.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+_CPP = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <functional>
+#include <limits>
+#include <vector>
+
+using torch::Tensor;
+
+static void check(const Tensor& t, const char* name, at::ScalarType type) {
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.scalar_type() == type,
+              name, " must be a contiguous CPU tensor of the kernel's dtype");
+}
+
+// Row-wise top-k of z[b] + bias (unsorted), in two passes over blocks of 16 entries.
+// If tau is the k-th largest block maximum, the k largest entries all lie in the blocks
+// whose maximum is >= tau (a block below tau would be beaten by k block maxima), and at
+// least k entries are >= tau. So: block maxima (one vectorised pass), tau by selection
+// among them, then the entries >= tau of those few blocks, and a final selection.
+std::vector<Tensor> topk_rows(Tensor z, Tensor bias, int64_t k) {
+  check(z, "z", at::kFloat); check(bias, "bias", at::kFloat);
+  const int64_t B = z.size(0), m = z.size(1);
+  TORCH_CHECK(bias.numel() == m && k >= 1 && k <= m, "topk_rows: bad bias or k");
+  auto values = torch::empty({B, k}, z.options());
+  auto indices = torch::empty({B, k}, z.options().dtype(at::kLong));
+  const float* Z = z.data_ptr<float>();
+  const float* C = bias.data_ptr<float>();
+  float* V = values.data_ptr<float>();
+  int64_t* I = indices.data_ptr<int64_t>();
+  constexpr int64_t W = 16;
+  const int64_t nb = (m + W - 1) / W;
+  const float NEG = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, B, 16, [&](int64_t lo, int64_t hi) {
+    std::vector<float> bmax(nb), sel(nb);
+    std::vector<std::pair<float, int64_t>> cand;
+    cand.reserve(4 * k + 2 * W);
+    auto greater = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+      return a.first > b.first;
+    };
+    for (int64_t b = lo; b < hi; ++b) {
+      const float* row = Z + b * m;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const int64_t s = blk * W, e = std::min(m, s + W);
+        float mx = NEG;
+        if (e - s == W) {
+#pragma omp simd reduction(max:mx)
+          for (int64_t t = 0; t < W; ++t) mx = std::max(mx, row[s + t] + C[s + t]);
+        } else {
+          for (int64_t t = s; t < e; ++t) mx = std::max(mx, row[t] + C[t]);
+        }
+        bmax[blk] = mx;  // NaN entries never win a max, so they are never selected
+      }
+      float tau;
+      if (k <= nb) {
+        std::copy(bmax.begin(), bmax.end(), sel.begin());
+        std::nth_element(sel.begin(), sel.begin() + (k - 1), sel.end(), std::greater<float>());
+        tau = sel[k - 1];
+      } else {
+        tau = NEG;  // k > number of blocks: every block may hold winners
+      }
+      cand.clear();
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        if (!(bmax[blk] >= tau)) continue;
+        const int64_t s = blk * W, e = std::min(m, s + W);
+        for (int64_t t = s; t < e; ++t) {
+          const float v = row[t] + C[t];
+          if (v >= tau) cand.push_back({v, t});
+        }
+      }
+      // fewer than k candidates only when entries are -inf or NaN: pad with the others
+      for (int64_t t = 0; (int64_t)cand.size() < k && t < m; ++t) {
+        const float v = row[t] + C[t];
+        if (!(v >= tau)) cand.push_back({v == v ? v : NEG, t});
+      }
+      if ((int64_t)cand.size() > k)
+        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), greater);
+      for (int64_t t = 0; t < k; ++t) {
+        V[b * k + t] = cand[t].first;
+        I[b * k + t] = cand[t].second;
+      }
+    }
+  });
+  return {values, indices};
+}
+
+// out[b] = sum_j v[b, j] * W[idx[b, j]]
+Tensor decode(Tensor v, Tensor idx, Tensor w) {
+  check(v, "values", at::kFloat); check(idx, "indices", at::kLong); check(w, "W", at::kFloat);
+  const int64_t B = v.size(0), K = v.size(1), d = w.size(1);
+  auto out = torch::zeros({B, d}, w.options());
+  const float* Vp = v.data_ptr<float>(); const int64_t* Ip = idx.data_ptr<int64_t>();
+  const float* Wp = w.data_ptr<float>(); float* O = out.data_ptr<float>();
+  at::parallel_for(0, B, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      float* o = O + b * d;
+      for (int64_t j = 0; j < K; ++j) {
+        const float c = Vp[b * K + j];
+        if (c == 0.f) continue;
+        const float* r = Wp + Ip[b * K + j] * d;
+        for (int64_t t = 0; t < d; ++t) o[t] += c * r[t];
+      }
+    }
+  });
+  return out;
+}
+
+// out[b, j] = <g[b], W[idx[b, j]]>, or 0 where mask[b, j] == 0 (when a mask is given)
+Tensor gather_dot(Tensor g, Tensor idx, Tensor w, c10::optional<Tensor> mask) {
+  check(g, "g", at::kFloat); check(idx, "indices", at::kLong); check(w, "W", at::kFloat);
+  const int64_t B = idx.size(0), K = idx.size(1), d = w.size(1);
+  auto out = torch::empty({B, K}, w.options());
+  const float* G = g.data_ptr<float>(); const int64_t* Ip = idx.data_ptr<int64_t>();
+  const float* Wp = w.data_ptr<float>(); float* O = out.data_ptr<float>();
+  const float* Mp = nullptr;
+  if (mask.has_value()) { check(*mask, "mask", at::kFloat); Mp = mask->data_ptr<float>(); }
+  at::parallel_for(0, B, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const float* gb = G + b * d;
+      for (int64_t j = 0; j < K; ++j) {
+        if (Mp && Mp[b * K + j] == 0.f) { O[b * K + j] = 0.f; continue; }
+        const float* r = Wp + Ip[b * K + j] * d;
+        float s = 0.f;
+#pragma omp simd reduction(+:s)
+        for (int64_t t = 0; t < d; ++t) s += gb[t] * r[t];
+        O[b * K + j] = s;
+      }
+    }
+  });
+  return out;
+}
+
+// out[idx[b, j]] += c[b, j] * u[b]; threads own column slices, so no two write one cell
+void scatter_rows(Tensor out, Tensor idx, Tensor c, Tensor u) {
+  check(out, "out", at::kFloat); check(idx, "indices", at::kLong);
+  check(c, "coef", at::kFloat); check(u, "u", at::kFloat);
+  const int64_t B = idx.size(0), K = idx.size(1), d = out.size(1);
+  const int64_t* Ip = idx.data_ptr<int64_t>(); const float* Cp = c.data_ptr<float>();
+  const float* U = u.data_ptr<float>(); float* O = out.data_ptr<float>();
+  at::parallel_for(0, d, 32, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = 0; b < B; ++b) {
+      const float* ub = U + b * d;
+      for (int64_t j = 0; j < K; ++j) {
+        const float cv = Cp[b * K + j];
+        if (cv == 0.f) continue;
+        float* o = O + Ip[b * K + j] * d;
+        for (int64_t t = lo; t < hi; ++t) o[t] += cv * ub[t];
+      }
+    }
+  });
+}
+
+// HierarchicalTopK: r_0 = x0[b], r_j = r_{j-1} - v_j W[i_j] (values sorted descending);
+// loss = sum_b sum_{j=1..K} ||r_j||^2. With R_j = sum_{j' >= j} r_{j'}:
+// dL/dv_j = -2 <R_j, W[i_j]>, dL/dW[i_j] += -2 v_j R_j, dL/dx0 = 2 R_1.
+// Threads own column slices; the dot products are summed over slices afterwards.
+std::vector<Tensor> hierarchical(Tensor x0, Tensor v, Tensor idx, Tensor w, bool grads) {
+  check(x0, "x0", at::kFloat); check(v, "values", at::kFloat);
+  check(idx, "indices", at::kLong); check(w, "W", at::kFloat);
+  const int64_t B = v.size(0), K = v.size(1), d = w.size(1);
+  const int64_t n_slices = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), d / 16));
+  const int64_t width = (d + n_slices - 1) / n_slices;
+  auto loss_parts = torch::zeros({n_slices}, torch::kDouble);
+  auto dot_parts = torch::zeros({grads ? n_slices : 1, B, K}, w.options());
+  auto grad_w = torch::zeros({grads ? w.size(0) : 1, d}, w.options());
+  auto grad_x0 = torch::empty({grads ? B : 1, d}, w.options());
+  const float* X = x0.data_ptr<float>(); const float* Vp = v.data_ptr<float>();
+  const int64_t* Ip = idx.data_ptr<int64_t>(); const float* Wp = w.data_ptr<float>();
+  double* L = loss_parts.data_ptr<double>(); float* D = dot_parts.data_ptr<float>();
+  float* GW = grad_w.data_ptr<float>(); float* GX = grad_x0.data_ptr<float>();
+  at::parallel_for(0, n_slices, 1, [&](int64_t s_lo, int64_t s_hi) {
+    for (int64_t s = s_lo; s < s_hi; ++s) {
+      const int64_t lo = s * width, hi = std::min(d, lo + width), n = hi - lo;
+      if (n <= 0) continue;
+      std::vector<float> r(n), R(n);
+      double acc = 0.0;
+      for (int64_t b = 0; b < B; ++b) {
+        const float* xb = X + b * d + lo;
+        for (int64_t t = 0; t < n; ++t) r[t] = xb[t];
+        for (int64_t j = 0; j < K; ++j) {
+          const float c = Vp[b * K + j];
+          const float* wr = Wp + Ip[b * K + j] * d + lo;
+          float sq = 0.f;
+#pragma omp simd reduction(+:sq)
+          for (int64_t t = 0; t < n; ++t) { r[t] -= c * wr[t]; sq += r[t] * r[t]; }
+          acc += sq;
+        }
+        if (!grads) continue;
+        // walk back from r_K, accumulating R_j and restoring r_{j-1} = r_j + v_j w_j
+        std::fill(R.begin(), R.end(), 0.f);
+        float* dots = D + (s * B + b) * K;
+        for (int64_t j = K - 1; j >= 0; --j) {
+          const float c = Vp[b * K + j];
+          const float* wr = Wp + Ip[b * K + j] * d + lo;
+          float* gw = GW + Ip[b * K + j] * d + lo;
+          float dot = 0.f;
+#pragma omp simd reduction(+:dot)
+          for (int64_t t = 0; t < n; ++t) {
+            R[t] += r[t];
+            dot += R[t] * wr[t];
+            gw[t] -= 2.f * c * R[t];
+            r[t] += c * wr[t];
+          }
+          dots[j] = -2.f * dot;
+        }
+        float* gx = GX + b * d + lo;
+        for (int64_t t = 0; t < n; ++t) gx[t] = 2.f * R[t];
+      }
+      L[s] = acc;
+    }
+  });
+  auto loss = loss_parts.sum().to(torch::kFloat);
+  if (!grads) return {loss};
+  return {loss, dot_parts.sum(0), grad_w, grad_x0};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("topk_rows", &topk_rows);
+  m.def("decode", &decode);
+  m.def("gather_dot", &gather_dot);
+  m.def("scatter_rows", &scatter_rows);
+  m.def("hierarchical", &hierarchical);
+}
+"""
+
+_EXT = None
+_EXT_TRIED = False
+
+
+def _cpu_tag() -> str:
+    """The compiled kernels use -march=native: one build per CPU model and flag set."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = "".join(line for line in f if line.startswith(("model name", "flags")))
+    except OSError:
+        info = platform.processor()
+    return hashlib.sha1((info + _CPP + torch.__version__).encode()).hexdigest()[:12]
+
+
+def extension():
+    """The compiled kernels, or None (no compiler, or INTERP_SPARSE_KERNELS=torch)."""
+    global _EXT, _EXT_TRIED
+    if _EXT_TRIED:
+        return _EXT
+    _EXT_TRIED = True
+    if os.environ.get("INTERP_SPARSE_KERNELS", "").lower() == "torch":
+        return None
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+        if platform.machine() in ("x86_64", "AMD64"):
+            flags.append("-march=native")
+        _EXT = load_inline(name=f"interp_sparse_{_cpu_tag()}", cpp_sources=[_CPP],
+                           extra_cflags=flags, verbose=False)
+    except Exception as e:  # no compiler, no headers: the torch fallbacks still work
+        warnings.warn(f"interp: the compiled sparse SAE kernels are unavailable ({e}); "
+                      f"using the slower torch versions", stacklevel=2)
+        _EXT = None
+    return _EXT
+
+
+def _native(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64)
+               for t in tensors) and extension() is not None
+
+
+# ------------------------------------------------------------------ the ops
+def topk_rows(z: torch.Tensor, bias: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest entries of each row of ``z + bias``, unsorted."""
+    if _native(z, bias) and not z.requires_grad:
+        return extension().topk_rows(z.contiguous(), bias.contiguous(), int(k))
+    return (z + bias).topk(k, dim=1, sorted=False)
+
+
+def decode(values: torch.Tensor, indices: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, d): ``sum_j values[:, j] * w[indices[:, j]]``."""
+    if _native(values, w):
+        return extension().decode(values.contiguous(), indices.contiguous(), w.contiguous())
+    return F.embedding_bag(indices, w, per_sample_weights=values, mode="sum")
+
+
+def gather_dot(g: torch.Tensor, indices: torch.Tensor, w: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K): ``<g[b], w[indices[b, j]]>``; 0 where ``mask`` (B, K) is 0, when given."""
+    if _native(g, w) and (mask is None or _native(mask)):
+        return extension().gather_dot(g.contiguous(), indices.contiguous(), w.contiguous(),
+                                      None if mask is None else mask.contiguous())
+    out = torch.einsum("bd,bkd->bk", g, w[indices])
+    return out if mask is None else out * (mask != 0)
+
+
+def scatter_rows(out: torch.Tensor, indices: torch.Tensor, coef: torch.Tensor,
+                 u: torch.Tensor) -> torch.Tensor:
+    """In place: ``out[indices[b, j]] += coef[b, j] * u[b]``; returns ``out``."""
+    if _native(out, coef, u) and out.is_contiguous():
+        extension().scatter_rows(out, indices.contiguous(), coef.contiguous(), u.contiguous())
+        return out
+    k = indices.shape[1]
+    rows = (coef.unsqueeze(-1) * u.unsqueeze(1)).reshape(-1, u.shape[1])
+    return out.index_add_(0, indices.reshape(-1), rows.to(out.dtype)) if k else out
+
+
+def hierarchical(x0: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                 w: torch.Tensor, grads: bool = True):
+    """Sum over rows and over k' = 1..K of ||x0 - sum_{j<=k'} v_j w[i_j]||^2.
+
+    Returns ``loss`` or ``(loss, d/dvalues, d/dw, d/dx0)``.
+    """
+    if _native(x0, values, w):
+        out = extension().hierarchical(x0.contiguous(), values.contiguous(),
+                                       indices.contiguous(), w.contiguous(), grads)
+        return out[0] if not grads else tuple(out)
+    with torch.enable_grad():
+        x0_ = x0.detach().requires_grad_(grads)
+        v_ = values.detach().requires_grad_(grads)
+        w_ = w.detach().requires_grad_(grads)
+        contrib = v_.unsqueeze(-1) * w_[indices]                       # (B, K, d)
+        loss = (x0_.unsqueeze(1) - contrib.cumsum(1)).square().sum()
+        if not grads:
+            return loss.detach()
+        gv, gw, gx = torch.autograd.grad(loss, (v_, w_, x0_))
+    return loss.detach(), gv, gw, gx
