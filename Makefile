@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # your CUDA build of torch into .venv first (`make TORCH_SPEC= venv` skips this step).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo app test test-fast clean train-othello train-pycode saes
+.PHONY: venv demo app test test-fast clean train-othello train-pycode saes bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,27 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
+# SAE training speed against peers (SAELens, dictionary_learning, sparsify), in a venv of
+# their own so they never touch .venv. dictionary-learning 0.1.0 pins nnsight<0.4, whose
+# torchvision would pull a CUDA torch: it and nnsight go in without their dependencies, plus
+# python-socketio, the one thing nnsight needs to import (dictionary_learning imports it).
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --upgrade pip >/dev/null
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(BENCH_PY) -c "import torch" 2>/dev/null; then \
+		echo "installing $(TORCH_SPEC) (CPU build)"; $(BENCH_PY) -m pip install "$(TORCH_SPEC)"; fi
+	$(BENCH_PY) -m pip install -e .
+	$(BENCH_PY) -m pip install "sae-lens>=6.0,<7" "eai-sparsify==1.3.3" "python-socketio[client]>=5"
+	$(BENCH_PY) -m pip install --no-deps "dictionary-learning==0.1.0" "nnsight==0.3.7"
+	$(BENCH_PY) -c "import sae_lens, sparsify, dictionary_learning.trainers.top_k" >/dev/null
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/sae_speed.py
+
 # Reproduce the shipped embedded models (about an hour each on a 2-core CPU).
 train-othello: venv
 	$(VENV)/bin/interp train-model othello
@@ -42,4 +63,4 @@ saes: venv
 	$(PY) -m interp.sae.release --force
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

@@ -284,6 +284,18 @@ class EndToEndObjective:
         return res
 
 
+def apply_gradients(sae: SparseAutoencoder, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                    ddp: "_Dist | None" = None) -> None:
+    """One optimizer update: backward, (all-reduce), gradient projection, step, renorm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if ddp is not None:
+        ddp.all_reduce_mean_([p.grad for p in sae.parameters() if p.grad is not None])
+    sae.remove_parallel_grad()
+    opt.step()
+    sae.normalize_decoder()
+
+
 def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the SAE described by ``cfg``; returns the final metrics."""
     ddp = _Dist()
@@ -333,13 +345,8 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
         dead = since_fired >= cfg.dead_window_tokens
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         loss, fwd, terms, x = objective.loss(sae, next(batches), step, dead, gen, scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ddp.all_reduce_mean_([p.grad for p in sae.parameters() if p.grad is not None])
-        sae.remove_parallel_grad()
-        opt.step()
+        apply_gradients(sae, opt, loss, ddp)
         sched.step()
-        sae.normalize_decoder()
         if hasattr(sae, "threshold"):
             ddp.all_reduce_mean_([sae.threshold])
         with torch.no_grad():
