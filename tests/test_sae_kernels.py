@@ -126,3 +126,18 @@ def test_forward_at_k_and_eval_mode_match_the_reference():
         torch.testing.assert_close(sparse.forward_at_k(x, k).x_hat, dense.forward_at_k(x, k).x_hat)
         torch.testing.assert_close(sparse.forward_at_k(x, k).dense(),
                                    dense.forward_at_k(x, k).dense())
+
+
+def test_bfloat16_encoder_product_selects_nearly_the_same_latents():
+    cfg = SAEConfig(d_in=D, d_sae=M, arch="topk", k=5, seed=6)
+    fp32 = SparseAutoencoder(cfg)
+    bf16 = copy.deepcopy(fp32)
+    bf16.encoder_dtype = torch.bfloat16
+    x = torch.randn(200, D)
+    a, b = fp32(x), bf16(x)
+    same = (a.dense() != 0) == (b.dense() != 0)
+    assert same.float().mean() > 0.98
+    fvu = lambda o: float((o.x_hat - x).square().sum() / (x - x.mean(0)).square().sum())  # noqa: E731
+    assert abs(fvu(a) - fvu(b)) < 0.02
+    _, out, _ = bf16.loss(x)
+    assert out.x_hat.dtype == torch.float32

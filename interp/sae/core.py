@@ -310,6 +310,9 @@ class SparseAutoencoder(nn.Module):
         self.cfg = cfg.validate()
         # False: the dense autograd reference path for the top-k family (tests, debugging)
         self.sparse_kernels = sparse_kernels
+        # the sparse path's encoder product in bfloat16 (fp32 accumulate): about 2x faster
+        # where the CPU has AVX512-BF16 / AMX or on a GPU; gradients and loss stay fp32
+        self.encoder_dtype = torch.float32
         d, m = cfg.d_in, cfg.d_sae
         g = torch.Generator().manual_seed(cfg.seed)
         w_dec = torch.randn(m, d, generator=g)
@@ -423,7 +426,11 @@ class SparseAutoencoder(nn.Module):
         """The sparse path's encoder: ``x @ W_enc`` (B, d_sae), the one dense product, and
         the bias it needs, ``b_enc - b_dec @ W_enc``, so that z = scores + bias."""
         w = self._W_enc.detach()
-        return x.detach() @ w.T, self.b_enc.detach() - w @ self.b_dec.detach()
+        bias = self.b_enc.detach() - w @ self.b_dec.detach()
+        if self.encoder_dtype != torch.float32:
+            dt = self.encoder_dtype
+            return (x.detach().to(dt) @ w.to(dt).T).float(), bias
+        return x.detach() @ w.T, bias
 
     def _encode_selected(self, x: torch.Tensor, values: torch.Tensor,
                          indices: torch.Tensor) -> torch.Tensor:

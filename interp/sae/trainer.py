@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from interp.activations.harvest import open_store
-from interp.errors import CorruptArtifactError, DataError
+from interp.errors import CorruptArtifactError, DataError, unknown
 from interp.sae.core import TOPK_FAMILY, SAEConfig, SparseAutoencoder
 from interp.sae.evaluate import reconstruction_metrics
 from interp.sae.io import save_sae
@@ -52,6 +52,7 @@ class TrainConfig:
     warmup_steps: int = 50
     decay_start: float = 0.8
     betas: tuple[float, float] = (0.9, 0.999)
+    encoder_dtype: str = "float32"   # or "bfloat16": the encoder product (top-k family)
     eval_rows: int = 8192
     eval_every: int = 200
     dead_window_tokens: int = 500_000
@@ -284,6 +285,12 @@ class EndToEndObjective:
         return res
 
 
+def encoder_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "bfloat16"):
+        raise unknown("encoder dtype", name, ["float32", "bfloat16"])
+    return getattr(torch, name)
+
+
 def apply_gradients(sae: SparseAutoencoder, opt: torch.optim.Optimizer, loss: torch.Tensor,
                     ddp: "_Dist | None" = None) -> None:
     """One optimizer update: backward, (all-reduce), gradient projection, step, renorm."""
@@ -312,6 +319,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     sae_cfg.metadata = objective.metadata
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg)
+    sae.encoder_dtype = encoder_dtype(cfg.encoder_dtype)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(), betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.warmup_steps, cfg.decay_start))
