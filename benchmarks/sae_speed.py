@@ -2,8 +2,8 @@
 
     make bench                                    # builds .venv-bench with the peers, runs this
     python benchmarks/sae_speed.py [--shapes 128:2048:16,512:8192:32] [--batch 4096]
-                                   [--repeats 5] [--steps 4] [--quality-steps 300]
-                                   [--no-quality] [--no-memory] [--big]
+                                   [--repeats 5] [--steps 4] [--quality-steps 250]
+                                   [--no-quality] [--no-memory] [--no-dense] [--big]
 
 Installs nothing: the peers that import (``benchmarks/peers.py``: SAELens, dictionary_learning,
 EleutherAI sparsify) are timed beside ours; the others are listed as missing.
@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4, help="steps per contender per round")
-    ap.add_argument("--quality-steps", type=int, default=300)
+    ap.add_argument("--quality-steps", type=int, default=250)
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference path")

@@ -141,3 +141,18 @@ def test_bfloat16_encoder_product_selects_nearly_the_same_latents():
     assert abs(fvu(a) - fvu(b)) < 0.02
     _, out, _ = bf16.loss(x)
     assert out.x_hat.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_portable_build_without_avx512_gives_the_same_topk():
+    """The kernels' non-AVX512 branch (other CPUs) compiled here and held to torch.topk."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the AVX512 branch exists on x86 only")
+    portable = kernels.build(("-mno-avx512f",))
+    z = torch.randn(100, 700)
+    bias = torch.randn(700)
+    v, i = portable.topk_rows(z, bias, 20)
+    torch.testing.assert_close(v.sort(1, descending=True).values, (z + bias).topk(20).values)
+    torch.testing.assert_close((z + bias).gather(1, i), v)

@@ -37,6 +37,9 @@ _CPP = r"""
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <functional>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <limits>
 #include <vector>
 
@@ -50,8 +53,10 @@ static void check(const Tensor& t, const char* name, at::ScalarType type) {
 // Row-wise top-k of z[b] + bias (unsorted), in two passes over blocks of 16 entries.
 // If tau is the k-th largest block maximum, the k largest entries all lie in the blocks
 // whose maximum is >= tau (a block below tau would be beaten by k block maxima), and at
-// least k entries are >= tau. So: block maxima (one vectorised pass), tau by selection
-// among them, then the entries >= tau of those few blocks, and a final selection.
+// least k entries are >= tau. So: block maxima, tau by selection among them, then the
+// entries >= tau of those few blocks, and a final selection. A block is one lane of 16
+// consecutive 16-wide vectors (entries g*256 + v*16 + l, v = 0..15), so the block maxima
+// of a 256-entry group are 15 vertical vector maxima, with no horizontal reduction.
 std::vector<Tensor> topk_rows(Tensor z, Tensor bias, int64_t k) {
   check(z, "z", at::kFloat); check(bias, "bias", at::kFloat);
   const int64_t B = z.size(0), m = z.size(1);
@@ -62,46 +67,102 @@ std::vector<Tensor> topk_rows(Tensor z, Tensor bias, int64_t k) {
   const float* C = bias.data_ptr<float>();
   float* V = values.data_ptr<float>();
   int64_t* I = indices.data_ptr<int64_t>();
-  constexpr int64_t W = 16;
-  const int64_t nb = (m + W - 1) / W;
+  constexpr int64_t L = 16, G = L * L;
+  const int64_t n_groups = m / G, tail = n_groups * G;  // entries >= tail: one block each
+  const int64_t nb = n_groups * L + (m - tail);
   const float NEG = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, B, 16, [&](int64_t lo, int64_t hi) {
     std::vector<float> bmax(nb), sel(nb);
     std::vector<std::pair<float, int64_t>> cand;
-    cand.reserve(4 * k + 2 * W);
+    cand.reserve(8 * k + 64);
     auto greater = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
       return a.first > b.first;
     };
+    float guess = NEG;
+    auto push = [&](const float* row, int64_t t, float tau) {
+      const float v = row[t] + C[t];
+      if (v >= tau) cand.push_back({v, t});
+    };
     for (int64_t b = lo; b < hi; ++b) {
       const float* row = Z + b * m;
-      for (int64_t blk = 0; blk < nb; ++blk) {
-        const int64_t s = blk * W, e = std::min(m, s + W);
-        float mx = NEG;
-        if (e - s == W) {
-#pragma omp simd reduction(max:mx)
-          for (int64_t t = 0; t < W; ++t) mx = std::max(mx, row[s + t] + C[s + t]);
-        } else {
-          for (int64_t t = s; t < e; ++t) mx = std::max(mx, row[t] + C[t]);
+      for (int64_t g = 0; g < n_groups; ++g) {
+        float mx[L];
+        const float* p = row + g * G;
+        const float* c = C + g * G;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) mx[l] = p[l] + c[l];
+        for (int64_t v = 1; v < L; ++v) {
+#pragma omp simd
+          for (int64_t l = 0; l < L; ++l) mx[l] = std::max(mx[l], p[v * L + l] + c[v * L + l]);
         }
-        bmax[blk] = mx;  // NaN entries never win a max, so they are never selected
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) bmax[g * L + l] = mx[l] == mx[l] ? mx[l] : NEG;
       }
-      float tau;
+      for (int64_t t = tail; t < m; ++t) {
+        const float v = row[t] + C[t];
+        bmax[n_groups * L + (t - tail)] = v == v ? v : NEG;
+      }
+      // tau = the k-th largest block maximum. Rows of one batch look alike, so a recent
+      // row's 3k-th largest block maximum is a floor that at least k blocks of this row
+      // nearly always reach: then only the blocks above it are selected among (about 3k of
+      // them instead of all); when fewer than k reach it, all of them are.
+      float tau = NEG;
       if (k <= nb) {
-        std::copy(bmax.begin(), bmax.end(), sel.begin());
-        std::nth_element(sel.begin(), sel.begin() + (k - 1), sel.end(), std::greater<float>());
+        const int64_t k3 = std::min(3 * k, nb);
+        int64_t n_sel = 0;
+        if (guess > NEG) {
+          int64_t t = 0;
+#if defined(__AVX512F__)
+          const __m512 vg = _mm512_set1_ps(guess);
+          for (; t + L <= nb; t += L) {
+            const __m512 v = _mm512_loadu_ps(bmax.data() + t);
+            const __mmask16 hit = _mm512_cmp_ps_mask(v, vg, _CMP_GE_OQ);
+            _mm512_mask_compressstoreu_ps(sel.data() + n_sel, hit, v);
+            n_sel += __builtin_popcount(hit);
+          }
+#endif
+          for (; t < nb; ++t)
+            if (bmax[t] >= guess) sel[n_sel++] = bmax[t];
+        }
+        if (n_sel < k) {
+          std::copy(bmax.begin(), bmax.end(), sel.begin());
+          n_sel = nb;
+        }
+        int64_t upto = n_sel;
+        if (n_sel >= k3) {
+          std::nth_element(sel.begin(), sel.begin() + (k3 - 1), sel.begin() + n_sel,
+                           std::greater<float>());
+          guess = sel[k3 - 1];
+          upto = k3;
+        }
+        std::nth_element(sel.begin(), sel.begin() + (k - 1), sel.begin() + upto,
+                         std::greater<float>());
         tau = sel[k - 1];
-      } else {
-        tau = NEG;  // k > number of blocks: every block may hold winners
       }
       cand.clear();
-      for (int64_t blk = 0; blk < nb; ++blk) {
-        if (!(bmax[blk] >= tau)) continue;
-        const int64_t s = blk * W, e = std::min(m, s + W);
-        for (int64_t t = s; t < e; ++t) {
-          const float v = row[t] + C[t];
-          if (v >= tau) cand.push_back({v, t});
+#if defined(__AVX512F__)
+      // the whole row again (it is in L2 now): a compare mask per 16 entries, in order
+      const __m512 vtau = _mm512_set1_ps(tau);
+      int64_t t0 = 0;
+      for (; t0 + L <= m; t0 += L) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(row + t0), _mm512_loadu_ps(C + t0));
+        __mmask16 hit = _mm512_cmp_ps_mask(v, vtau, _CMP_GE_OQ);
+        while (hit) {
+          const int l = __builtin_ctz(hit);
+          hit &= hit - 1;
+          cand.push_back({row[t0 + l] + C[t0 + l], t0 + l});
         }
       }
+      for (; t0 < m; ++t0) push(row, t0, tau);
+#else
+      for (int64_t g = 0; g < n_groups; ++g) {
+        for (int64_t l = 0; l < L; ++l) {
+          if (!(bmax[g * L + l] >= tau)) continue;
+          for (int64_t v = 0; v < L; ++v) push(row, g * G + v * L + l, tau);
+        }
+      }
+      for (int64_t t = tail; t < m; ++t) push(row, t, tau);
+#endif
       // fewer than k candidates only when entries are -inf or NaN: pad with the others
       for (int64_t t = 0; (int64_t)cand.size() < k && t < m; ++t) {
         const float v = row[t] + C[t];
@@ -261,14 +322,27 @@ _EXT = None
 _EXT_TRIED = False
 
 
-def _cpu_tag() -> str:
-    """The compiled kernels use -march=native: one build per CPU model and flag set."""
+def _cpu_tag(flags: list[str]) -> str:
+    """The compiled kernels use -march=native: one build per CPU model, flag set and source."""
     try:
         with open("/proc/cpuinfo") as f:
             info = "".join(line for line in f if line.startswith(("model name", "flags")))
     except OSError:
         info = platform.processor()
-    return hashlib.sha1((info + _CPP + torch.__version__).encode()).hexdigest()[:12]
+    key = info + _CPP + torch.__version__ + " ".join(flags)
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def build(extra_flags: tuple[str, ...] = ()):
+    """Compile (or load the cached build of) the kernels with these extra compiler flags."""
+    from torch.utils.cpp_extension import load_inline
+
+    flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-march=native")
+    flags += list(extra_flags)
+    return load_inline(name=f"interp_sparse_{_cpu_tag(flags)}", cpp_sources=[_CPP],
+                       extra_cflags=flags, verbose=False)
 
 
 def extension():
@@ -280,13 +354,7 @@ def extension():
     if os.environ.get("INTERP_SPARSE_KERNELS", "").lower() == "torch":
         return None
     try:
-        from torch.utils.cpp_extension import load_inline
-
-        flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
-        if platform.machine() in ("x86_64", "AMD64"):
-            flags.append("-march=native")
-        _EXT = load_inline(name=f"interp_sparse_{_cpu_tag()}", cpp_sources=[_CPP],
-                           extra_cflags=flags, verbose=False)
+        _EXT = build()
     except Exception as e:  # no compiler, no headers: the torch fallbacks still work
         warnings.warn(f"interp: the compiled sparse SAE kernels are unavailable ({e}); "
                       f"using the slower torch versions", stacklevel=2)
