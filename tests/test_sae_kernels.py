@@ -59,6 +59,9 @@ def test_decode_gather_dot_scatter_match_the_fallbacks():
                                torch_only(kernels.gather_dot, u, idx, w))
     torch.testing.assert_close(kernels.scatter_rows(torch.zeros(M, D), idx, v, u),
                                torch_only(kernels.scatter_rows, torch.zeros(M, D), idx, v, u))
+    shift = torch.randn(D, generator=g)
+    torch.testing.assert_close(kernels.scatter_rows(torch.zeros(M, D), idx, v, u, shift=shift),
+                               kernels.scatter_rows(torch.zeros(M, D), idx, v, u - shift))
     # the dense products they stand for
     dense = torch.zeros(B, M).scatter_add(1, idx, v)
     torch.testing.assert_close(kernels.decode(v, idx, w), dense @ w)

@@ -161,6 +161,11 @@ class SAEOutput:
         return (self.values != 0).sum(1)
 
 
+def sum_sq_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ||x_hat - x||^2 (one fused op forward and backward)."""
+    return F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
+
+
 # ------------------------------------------------------------------ activations
 class _JumpReLU(torch.autograd.Function):
     """z * H(z - theta); d/dtheta by a rectangle-kernel straight-through estimator."""
@@ -220,7 +225,7 @@ class _SparseEncode(torch.autograd.Function):
         grad_b_enc.index_add_(0, indices.reshape(-1), g.reshape(-1))
         grad_w = grad_x = grad_b_dec = None
         if need[2]:
-            grad_w = kernels.scatter_rows(torch.zeros_like(w_rows), indices, g, x - b_dec)
+            grad_w = kernels.scatter_rows(torch.zeros_like(w_rows), indices, g, x, shift=b_dec)
         if need[4]:
             grad_b_dec = -(grad_b_enc @ w_rows)
         if need[1]:
@@ -497,7 +502,7 @@ class SparseAutoencoder(nn.Module):
         Returns (total loss, forward output, dict of float loss terms).
         """
         out = self.forward(x, step)
-        mse = (out.x_hat - x).square().sum(1).mean()
+        mse = sum_sq_error(out.x_hat, x)
         terms = {"mse": mse}
         arch = self.cfg.arch
         if arch == "relu":
@@ -527,7 +532,7 @@ class SparseAutoencoder(nn.Module):
             values, indices = z_dead.topk(k_aux, dim=1, sorted=False)
         values = values.relu()
         recon = self.decode_sparse(values, indices) - self.b_dec
-        return (recon - residual).square().sum(1).mean()
+        return sum_sq_error(recon, residual)
 
     def prefix_sizes(self, generator: torch.Generator | None = None) -> list[int]:
         c = self.cfg
@@ -543,7 +548,7 @@ class SparseAutoencoder(nn.Module):
         for m in self.prefix_sizes(generator):
             keep = out.values * (out.indices < m)
             x_hat = self.decode_sparse(keep, out.indices)
-            total = total + (x_hat - x).square().sum(1).mean()
+            total = total + sum_sq_error(x_hat, x)
         return total
 
     def hierarchical_mse(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:

@@ -11,7 +11,8 @@ op                  computes                           used for
 ``topk_rows``       top k of ``z[b] + bias`` per row   selection (bias folds b_enc, b_dec)
 ``decode``          ``sum_j v[b,j] * W[idx[b,j]]``      reconstruction; encoder grad wrt x
 ``gather_dot``      ``<g[b], W[idx[b,j]]>``             gradient of the selected values
-``scatter_rows``    ``out[idx[b,j]] += c[b,j] * u[b]``  weight gradients (rows of W)
+``scatter_rows``    ``out[idx[b,j]] += c[b,j] * u[b]``  weight gradients (rows of W), u
+                    (less a shift, e.g. b_dec)
 ``hierarchical``    mean over k' of the top-k' MSE,    HierarchicalTopK's loss in one pass,
                     with its gradients                 never forming the (B, K, d) prefixes
 =================== ================================== =====================================
@@ -225,13 +226,15 @@ Tensor gather_dot(Tensor g, Tensor idx, Tensor w, c10::optional<Tensor> mask) {
   return out;
 }
 
-// out[idx[b, j]] += c[b, j] * u[b]; threads own column slices, so no two write one cell
-void scatter_rows(Tensor out, Tensor idx, Tensor c, Tensor u) {
+// out[idx[b, j]] += c[b, j] * (u[b] - shift); threads own column slices, so no two write
+// one cell
+void scatter_rows(Tensor out, Tensor idx, Tensor c, Tensor u, Tensor shift) {
   check(out, "out", at::kFloat); check(idx, "indices", at::kLong);
-  check(c, "coef", at::kFloat); check(u, "u", at::kFloat);
+  check(c, "coef", at::kFloat); check(u, "u", at::kFloat); check(shift, "shift", at::kFloat);
   const int64_t B = idx.size(0), K = idx.size(1), d = out.size(1);
   const int64_t* Ip = idx.data_ptr<int64_t>(); const float* Cp = c.data_ptr<float>();
-  const float* U = u.data_ptr<float>(); float* O = out.data_ptr<float>();
+  const float* U = u.data_ptr<float>(); const float* S = shift.data_ptr<float>();
+  float* O = out.data_ptr<float>();
   at::parallel_for(0, d, 32, [&](int64_t lo, int64_t hi) {
     for (int64_t b = 0; b < B; ++b) {
       const float* ub = U + b * d;
@@ -239,7 +242,8 @@ void scatter_rows(Tensor out, Tensor idx, Tensor c, Tensor u) {
         const float cv = Cp[b * K + j];
         if (cv == 0.f) continue;
         float* o = O + Ip[b * K + j] * d;
-        for (int64_t t = lo; t < hi; ++t) o[t] += cv * ub[t];
+#pragma omp simd
+        for (int64_t t = lo; t < hi; ++t) o[t] += cv * (ub[t] - S[t]);
       }
     }
   });
@@ -393,14 +397,17 @@ def gather_dot(g: torch.Tensor, indices: torch.Tensor, w: torch.Tensor,
 
 
 def scatter_rows(out: torch.Tensor, indices: torch.Tensor, coef: torch.Tensor,
-                 u: torch.Tensor) -> torch.Tensor:
-    """In place: ``out[indices[b, j]] += coef[b, j] * u[b]``; returns ``out``."""
-    if _native(out, coef, u) and out.is_contiguous():
-        extension().scatter_rows(out, indices.contiguous(), coef.contiguous(), u.contiguous())
+                 u: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: ``out[indices[b, j]] += coef[b, j] * (u[b] - shift)``; returns ``out``."""
+    if shift is None:
+        shift = u.new_zeros(u.shape[1])
+    if _native(out, coef, u, shift) and out.is_contiguous():
+        extension().scatter_rows(out, indices.contiguous(), coef.contiguous(), u.contiguous(),
+                                 shift.contiguous())
         return out
-    k = indices.shape[1]
+    u = u - shift
     rows = (coef.unsqueeze(-1) * u.unsqueeze(1)).reshape(-1, u.shape[1])
-    return out.index_add_(0, indices.reshape(-1), rows.to(out.dtype)) if k else out
+    return out.index_add_(0, indices.reshape(-1), rows.to(out.dtype))
 
 
 def hierarchical(x0: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
