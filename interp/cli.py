@@ -130,9 +130,19 @@ def _cmd_saes(args: argparse.Namespace) -> None:
     if not reg:
         print("no shipped SAEs registered yet: build them with `make saes`")
         return
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+    if args.markdown:  # the README's table
+        print("| name | latents | k | FVU | L0 | dead % | CE-loss recovered | KL (nats/token) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, e in reg.items():
+            k = e["k"] if e["arch"] not in ("relu", "jumprelu") else "-"
+            dead = e.get("dead_fraction")
+            print(f"| `{name}` | {e['d_sae']} | {k} | {fmt(e.get('fvu'), '.3f')} | "
+                  f"{fmt(e.get('l0'), '.1f')} | {fmt(None if dead is None else 100 * dead, '.1f')} "
+                  f"| {fmt(e.get('ce_loss_recovered'), '.3f')} | {fmt(e.get('kl'), '.3f')} |")
+        return
     print(f"{'name':52s} {'d_sae':>6s} {'k':>3s} {'FVU':>7s} {'L0':>6s} {'CE rec.':>7s}")
     for name, e in reg.items():
-        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"
         print(f"{name:52s} {e['d_sae']:6d} {e['k']:3d} {fmt(e.get('fvu'), '7.4f')} "
               f"{fmt(e.get('l0'), '6.1f')} {fmt(e.get('ce_loss_recovered'), '7.3f')}")
     print("load one with interp.sae.release.load_pretrained(NAME), or its folder with "
@@ -263,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
                        description="List the registry of SAEs this project trained on its "
                        "embedded models (saes/registry.json) with their headline metrics.")
+    r.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
     r.set_defaults(func=_cmd_saes)
 
     a = sub.add_parser("app", help="browse a run folder in the Streamlit app",
