@@ -1,0 +1,129 @@
+"""SAEs spliced into a TransformerLens model with error terms.
+
+At each spliced hook the activation ``x`` is split into the SAE's latents ``a`` and an error
+``err = x - x_hat(a)``. The hook's output is written so that its value is exactly ``x`` (not
+``x_hat + err``, which can differ from ``x`` in the last bit), while gradients reach ``a``
+and ``err`` (``d out / d a = W_dec``, ``d out / d err = I``) and pass to ``x`` unchanged, so
+upstream gradients are the original model's:
+
+    out = x + (decode(a) - decode(a).detach()) + (err - err.detach())
+
+Nodes of a circuit are (hook, position, latent) and (hook, position, error). Interventions
+(patching, ablation, steering) replace ``a`` and/or ``err`` at a hook and the output becomes
+``x + (a' - a) @ W_dec + (err' - err)``, which leaves every unchanged coordinate exact.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from interp.errors import DataError, unknown
+from interp.sae.core import SparseAutoencoder
+
+# intervention(hook, acts (B, T, m), err (B, T, d)) -> (acts', err'), either may be unchanged
+Intervention = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class HookState:
+    """One spliced hook in one forward pass."""
+
+    x: torch.Tensor      # (B, T, d) the original activation
+    acts: torch.Tensor   # (B, T, m) the SAE's latents (dense; a leaf when tracking grads)
+    err: torch.Tensor    # (B, T, d) x - x_hat (a leaf when tracking grads)
+
+
+@dataclass
+class SpliceResult:
+    logits: torch.Tensor
+    hooks: dict[str, HookState] = field(default_factory=dict)
+
+
+class SplicedModel:
+    """A model with SAEs at a set of hook points; see the module docstring."""
+
+    def __init__(self, model, saes: Mapping[str, SparseAutoencoder | str | Path]):
+        from interp.sae.io import load_sae
+
+        if not saes:
+            raise DataError("splice at least one SAE: give {hook: SAE or SAE folder}")
+        self.model = model
+        order = list(model.hook_dict)
+        self.saes: dict[str, SparseAutoencoder] = {}
+        for hook, sae in saes.items():
+            if hook not in model.hook_dict:
+                raise unknown("hook", hook, order)
+            sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
+            self.saes[hook] = sae.eval()
+        self.hooks = sorted(self.saes, key=order.index)  # in the model's order
+        self._check_widths()
+
+    def _check_widths(self) -> None:
+        from interp.activations.harvest import probe_hook_widths
+
+        widths = probe_hook_widths(self.model, self.hooks, min(self.model.cfg.n_ctx, 4))
+        for hook in self.hooks:
+            d_in = self.saes[hook].cfg.d_in
+            if widths[hook] != d_in:
+                raise DataError(f"the SAE for {hook!r} takes d_in={d_in}, but the hook gives "
+                                f"activations of width {widths[hook]}")
+
+    # -------------------------------------------------------------- encoding
+    def encode(self, hook: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acts (B, T, m), err (B, T, d)) of the SAE at ``hook`` for activations x."""
+        sae = self.saes[hook]
+        shape = x.shape
+        with torch.no_grad():
+            out = sae(x.reshape(-1, shape[-1]).float())
+            acts = out.dense().reshape(*shape[:-1], -1)
+            err = (x.float() - out.x_hat.reshape(shape)).to(x.dtype)
+        return acts, err
+
+    def decode_delta(self, hook: str, delta_acts: torch.Tensor) -> torch.Tensor:
+        """``delta_acts @ W_dec`` (no bias): what a change of the latents adds to x."""
+        return delta_acts @ self.saes[hook].W_dec
+
+    # -------------------------------------------------------------- running
+    def run(self, tokens: torch.Tensor, interventions: Mapping[str, Intervention] | None = None,
+            track_grads: bool = False, stop_at_layer: int | None = None) -> SpliceResult:
+        """Forward pass with every SAE spliced in.
+
+        ``interventions[hook]`` may change that hook's latents and error; ``track_grads``
+        makes each hook's ``acts`` and ``err`` leaves whose ``.grad`` a backward pass fills.
+        """
+        interventions = dict(interventions or {})
+        bad = sorted(set(interventions) - set(self.saes))
+        if bad:
+            raise DataError(f"interventions at {bad}, where no SAE is spliced; spliced: "
+                            f"{self.hooks}")
+        result = SpliceResult(logits=torch.empty(0))
+
+        def splice(x: torch.Tensor, hook) -> torch.Tensor:
+            name = hook.name
+            acts, err = self.encode(name, x.detach())
+            state = HookState(x=x, acts=acts, err=err)
+            if name in interventions:
+                new_acts, new_err = interventions[name](name, acts, err)
+                delta = torch.zeros_like(x)
+                if new_acts is not acts:
+                    delta = delta + self.decode_delta(name, new_acts - acts).to(x.dtype)
+                if new_err is not err:
+                    delta = delta + (new_err - err)
+                state.acts, state.err = new_acts, new_err
+                x = x + delta
+            if track_grads:
+                state.acts = state.acts.detach().requires_grad_(True)
+                state.err = state.err.detach().requires_grad_(True)
+                rec = self.decode_delta(name, state.acts).to(x.dtype)
+                x = x + (rec - rec.detach()) + (state.err - state.err.detach())
+            result.hooks[name] = state
+            return x
+
+        fwd = [(h, splice) for h in self.hooks]
+        with torch.set_grad_enabled(track_grads or torch.is_grad_enabled()):
+            result.logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd,
+                                                      stop_at_layer=stop_at_layer)
+        return result
