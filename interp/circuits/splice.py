@@ -123,7 +123,7 @@ class SplicedModel:
             return x
 
         fwd = [(h, splice) for h in self.hooks]
-        with torch.set_grad_enabled(track_grads or torch.is_grad_enabled()):
+        with torch.set_grad_enabled(track_grads):
             result.logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd,
                                                       stop_at_layer=stop_at_layer)
         return result

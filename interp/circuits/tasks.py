@@ -1,0 +1,260 @@
+"""Circuit tasks: clean prompts, optional counterfactual (patch) prompts, and a metric.
+
+The metric reads the logits at the last position: by default the logit difference between
+each prompt's answer token and its wrong token; ``metric="logprob"`` uses the answer's
+log-probability instead. Built in (``make_task(name, model)``):
+
+================== =====================================================================
+``othello-legal``  a game prefix; answer = a square that is legal now, wrong = an empty
+                   square that is not. Counterfactual: the same game whose last move is
+                   another legal move, chosen so that the answer square is illegal there.
+``pycode-bracket`` held-out code ending inside ``(...`` (the ``(`` at most 8 tokens back, no
+                   bracket since); answer ``)``, wrong a newline. Counterfactual: the ``(``
+                   replaced by a space.
+``pycode-indent``  held-out code ending with ``):`` at the end of a line whose next line is
+                   indented deeper; answer = that indented newline token, wrong = a plain
+                   newline. Counterfactual: ``):`` replaced by ``)``.
+================== =====================================================================
+
+User tasks come from JSONL (``load_task_jsonl``): one object per line with ``clean``,
+optional ``patch`` (texts), ``answer`` and ``wrong`` (each a token string).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.errors import DataError, unknown
+
+METRICS = ("logit_diff", "logprob")
+
+
+@dataclass
+class Task:
+    name: str
+    clean: torch.Tensor            # (N, T) token ids
+    patch: torch.Tensor | None     # (N, T) counterfactual prompts, or None
+    answer: torch.Tensor           # (N,) token ids
+    wrong: torch.Tensor            # (N,) token ids
+    metric_kind: str = "logit_diff"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.metric_kind not in METRICS:
+            raise unknown("metric", self.metric_kind, METRICS)
+        if self.clean.ndim != 2 or self.clean.shape[0] == 0:
+            raise DataError(f"task {self.name!r} has no prompts (clean has shape "
+                            f"{tuple(self.clean.shape)})")
+        if self.patch is not None and self.patch.shape != self.clean.shape:
+            raise DataError(f"task {self.name!r}: patch prompts have shape "
+                            f"{tuple(self.patch.shape)}, clean ones {tuple(self.clean.shape)}; "
+                            f"positions are kept separate, so each pair must have equal length")
+        n = self.clean.shape[0]
+        if self.answer.shape != (n,) or self.wrong.shape != (n,):
+            raise DataError(f"task {self.name!r}: need one answer and one wrong token per "
+                            f"prompt ({n})")
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    def metric(self, logits: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """(N,) the metric of each prompt from logits (N, T, vocab) at the last position."""
+        rows = rows or slice(None)
+        last = logits[:, -1].float()
+        ans, wrong = self.answer[rows].to(last.device), self.wrong[rows].to(last.device)
+        idx = torch.arange(last.shape[0], device=last.device)
+        if self.metric_kind == "logprob":
+            return last.log_softmax(-1)[idx, ans]
+        return last[idx, ans] - last[idx, wrong]
+
+    def subset(self, n: int) -> "Task":
+        return Task(self.name, self.clean[:n], None if self.patch is None else self.patch[:n],
+                    self.answer[:n], self.wrong[:n], self.metric_kind, self.description)
+
+
+# ------------------------------------------------------------------ othello
+def othello_legal(n: int = 64, n_moves: int = 20, seed: int = 0) -> Task:
+    from interp.data import othello as oth
+
+    rng = np.random.default_rng(seed)
+    games = oth.generate_games(max(4 * n, 64), rng)
+    clean, patch, answer, wrong = [], [], [], []
+    for g in range(len(games)):
+        moves = [int(m) for m in games.moves[g, :n_moves]]
+        if len(moves) < n_moves or min(moves) < 0:
+            continue  # the game ended early
+        before = oth.replay(moves[:-1])[-1]
+        options = [s for s in before.legal_moves() if s != moves[-1]]
+        if not options:
+            continue
+        alt = int(rng.choice(options))
+        board = oth.replay(moves)[-1]
+        now = board.legal_moves()
+        alt_legal = set(oth.replay(moves[:-1] + [alt])[-1].legal_moves())
+        flips = [s for s in now if s not in alt_legal]
+        empty = [s for s in range(64) if board.cells[s // 8][s % 8] is None and s not in now]
+        if not flips or not empty:
+            continue
+        toks = [oth.BOS] + [int(oth.SQUARE_TO_TOKEN[m]) for m in moves]
+        clean.append(toks)
+        patch.append(toks[:-1] + [int(oth.SQUARE_TO_TOKEN[alt])])
+        answer.append(int(oth.SQUARE_TO_TOKEN[int(rng.choice(flips))]))
+        wrong.append(int(oth.SQUARE_TO_TOKEN[int(rng.choice(empty))]))
+        if len(clean) == n:
+            break
+    if len(clean) < n:
+        raise DataError(f"only {len(clean)} othello-legal prompts found (asked for {n})")
+    t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return Task("othello-legal", t(clean), t(patch), t(answer), t(wrong),
+                description=f"after {n_moves} moves: logit of a legal square minus an empty "
+                            f"illegal one; patch: another legal last move")
+
+
+# ------------------------------------------------------------------ pycode
+def _pycode_stream(model) -> tuple[np.ndarray, object]:
+    from interp.data import pycode
+    from interp.models.zoo import model_dir
+
+    tok = pycode.load_tokenizer(model_dir("pycode") / "tokenizer.json")
+    return pycode.encode_corpus(tok, "test"), tok
+
+
+def _pycode_task(name: str, model, n: int, n_ctx: int, find) -> Task:
+    stream, tok = _pycode_stream(model)
+    ids = {s: tok.token_to_id(s) for s in ("(", ")", "):", "Ġ", "Ċ", pycode_bos())}
+    if None in ids.values():
+        raise DataError("the pycode tokenizer lacks a token this task needs")
+    clean, patch, answer, wrong = [], [], [], []
+    body = n_ctx - 1
+    for i in range(body, len(stream)):
+        found = find(stream, i, ids, tok)
+        if found is None:
+            continue
+        window = stream[i - body:i].astype(np.int64)
+        pat, ans, wr = found
+        c = np.concatenate([[ids[pycode_bos()]], window])
+        p = c.copy()
+        for pos, new in pat:  # positions relative to the window's end (i)
+            p[n_ctx - (i - pos)] = new
+        clean.append(c), patch.append(p), answer.append(ans), wrong.append(wr)
+        if len(clean) == n:
+            break
+    if len(clean) < n:
+        raise DataError(f"only {len(clean)} {name} prompts in the held-out code (asked for {n})")
+    t = lambda v: torch.tensor(np.array(v), dtype=torch.long)  # noqa: E731
+    return Task(name, t(clean), t(patch), t(answer), t(wrong))
+
+
+def pycode_bos() -> str:
+    from interp.data.pycode import BOS_TOKEN
+
+    return BOS_TOKEN
+
+
+def pycode_bracket(model=None, n: int = 64, n_ctx: int = 32) -> Task:
+    def find(stream, i, ids, tok):
+        if stream[i] != ids[")"]:
+            return None
+        for back in range(1, 9):
+            t = stream[i - back]
+            if t == ids["("]:
+                return [(i - back, ids["Ġ"])], ids[")"], ids["Ċ"]
+            if any(ch in tok.id_to_token(int(t)) for ch in "()[]{}"):
+                return None
+        return None
+
+    task = _pycode_task("pycode-bracket", model, n, n_ctx, find)
+    task.description = "inside an open '(': logit of ')' minus a newline; patch: '(' -> ' '"
+    return task
+
+
+def pycode_indent(model=None, n: int = 64, n_ctx: int = 32) -> Task:
+    def find(stream, i, ids, tok):
+        if stream[i - 1] != ids["):"]:
+            return None
+        nxt = tok.id_to_token(int(stream[i]))
+        if not (nxt.startswith("Ċ") and set(nxt[1:]) == {"Ġ"}):
+            return None
+        # the line ending in '):' must be less indented than the next one
+        j = i - 2
+        while j > i - 30 and not tok.id_to_token(int(stream[j])).startswith("Ċ"):
+            j -= 1
+        prev = tok.id_to_token(int(stream[j]))
+        if not prev.startswith("Ċ") or len(prev) >= len(nxt):
+            return None
+        return [(i - 1, ids[")"])], int(stream[i]), ids["Ċ"]
+
+    task = _pycode_task("pycode-indent", model, n, n_ctx, find)
+    task.description = "after '):' ending a line: logit of the deeper indented newline minus " \
+                       "a plain newline; patch: '):' -> ')'"
+    return task
+
+
+# ------------------------------------------------------------------ registry
+BUILTIN = {"othello-legal": ("othello", othello_legal),
+           "pycode-bracket": ("pycode", pycode_bracket),
+           "pycode-indent": ("pycode", pycode_indent)}
+
+
+def make_task(name: str, model=None, n: int = 64, metric: str = "logit_diff") -> Task:
+    """A built-in task by name, or a JSONL file of prompts (needs ``model``'s tokenizer)."""
+    if name.endswith(".jsonl"):
+        return load_task_jsonl(name, model, metric=metric)
+    if name not in BUILTIN:
+        raise unknown("task", name, list(BUILTIN) + ["PATH.jsonl"])
+    _, build = BUILTIN[name]
+    task = build(n=n) if name.startswith("othello") else build(model, n=n)
+    task.metric_kind = metric
+    return task
+
+
+def load_task_jsonl(path: str | Path, model, metric: str = "logit_diff") -> Task:
+    """Prompts from JSONL: {"clean": text, "patch": text (optional), "answer": token,
+    "wrong": token} per line, tokenized by ``model.tokenizer`` (BOS prepended)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no task file at {path}")
+    if model is None or getattr(model, "tokenizer", None) is None:
+        raise DataError("a JSONL task needs a model with a tokenizer")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n} is not JSON ({e})") from e
+        missing = {"clean", "answer", "wrong"} - set(row)
+        if missing:
+            raise DataError(f"{path}:{n} lacks {sorted(missing)}; each line needs clean, "
+                            f"answer, wrong (and optionally patch)")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path} holds no prompts")
+
+    def toks(text: str) -> list[int]:
+        return model.to_tokens(text, prepend_bos=True)[0].tolist()
+
+    def single(tok: str, n: int) -> int:
+        ids = model.to_tokens(tok, prepend_bos=False)[0].tolist()
+        if len(ids) != 1:
+            raise DataError(f"{path}:{n}: {tok!r} is {len(ids)} tokens; answer and wrong must "
+                            f"be single tokens")
+        return ids[0]
+
+    clean = [toks(r["clean"]) for r in rows]
+    has_patch = all("patch" in r for r in rows)
+    patch = [toks(r["patch"]) for r in rows] if has_patch else None
+    lengths = {len(c) for c in clean} | ({len(p) for p in patch} if patch else set())
+    if len(lengths) > 1:
+        raise DataError(f"{path}: prompts tokenize to different lengths {sorted(lengths)}; "
+                        f"positions are kept separate, so all prompts (clean and patch) must "
+                        f"have the same number of tokens")
+    t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return Task(path.stem, t(clean), t(patch) if patch else None,
+                t([single(r["answer"], i + 1) for i, r in enumerate(rows)]),
+                t([single(r["wrong"], i + 1) for i, r in enumerate(rows)]), metric)

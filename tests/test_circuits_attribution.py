@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+
+from interp.circuits.attribution import Node, exact_node_effects, node_attribution, spearman, top_nodes
+from interp.circuits.splice import SplicedModel
+from interp.circuits.tasks import Task, load_task_jsonl, make_task
+from interp.errors import DataError, UnknownNameError
+from interp.models import load
+from interp.sae.release import load_pretrained
+
+HOOK = "blocks.3.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def spliced():
+    m = load("othello")
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return SplicedModel(m, {HOOK: load_pretrained(f"othello/{HOOK}/topk")})
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task("othello-legal", n=16)
+
+
+def test_othello_legal_task_is_what_it_says(task):
+    from interp.data import othello as oth
+
+    assert task.clean.shape == task.patch.shape == (16, 21)
+    assert (task.clean[:, :-1] == task.patch[:, :-1]).all()
+    assert (task.clean[:, -1] != task.patch[:, -1]).all()
+    for i in range(4):
+        moves = [int(oth.TOKEN_TO_SQUARE[t]) for t in task.clean[i, 1:]]
+        legal = oth.replay(moves)[-1].legal_moves()
+        assert int(oth.TOKEN_TO_SQUARE[task.answer[i]]) in legal
+        assert int(oth.TOKEN_TO_SQUARE[task.wrong[i]]) not in legal
+
+
+def test_ig_scores_of_a_hook_sum_to_the_effect_of_patching_it_all(spliced, task):
+    """Completeness: with many steps IG's scores add up to the whole hook's patch effect."""
+    scores = node_attribution(spliced, task, method="ig", steps=32)[HOOK]
+    clean = spliced.run(task.clean)
+    patched = spliced.run(task.patch)
+    pa, pe = patched.hooks[HOOK].acts, patched.hooks[HOOK].err
+    whole = spliced.run(task.clean, {HOOK: lambda n, a, e: (pa, pe)})
+    effect = float(task.metric(whole.logits).mean() - task.metric(clean.logits).mean())
+    assert float(scores.sum()) == pytest.approx(effect, rel=0.02, abs=1e-3)
+
+
+def test_atp_is_gradient_times_difference(spliced, task):
+    scores = node_attribution(spliced, task, method="atp", batch_size=5)[HOOK]
+    res = spliced.run(task.clean, track_grads=True)
+    task.metric(res.logits).mean().backward()
+    patched = spliced.run(task.patch)
+    st, pst = res.hooks[HOOK], patched.hooks[HOOK]
+    ref = (st.acts.grad * (pst.acts - st.acts.detach())).sum(0)
+    torch.testing.assert_close(scores[:, :-1].float(), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_exact_effects_match_a_hand_patch_and_correlate_with_atp(spliced, task):
+    scores = node_attribution(spliced, task)
+    top = top_nodes(scores, 12)
+    node = top[1][0]
+    exact = exact_node_effects(spliced, task, [n for n, _ in top])
+    patched = spliced.run(task.patch).hooks[HOOK]
+    clean = spliced.run(task.clean)
+
+    def one(name, a, e):
+        a = a.clone()
+        a[:, node.position, node.latent] = patched.acts[:, node.position, node.latent]
+        return a, e
+
+    hand = task.metric(spliced.run(task.clean, {HOOK: one}).logits).mean() \
+        - task.metric(clean.logits).mean()
+    assert float(exact[1]) == pytest.approx(float(hand), abs=1e-5)
+    est = torch.tensor([v for _, v in top], dtype=torch.float64)
+    assert spearman(est, exact) > 0.5
+
+
+def test_zero_and_mean_patches_and_bad_input(spliced, task):
+    for patch in ("zero", "mean"):
+        s = node_attribution(spliced, task.subset(4), patch=patch, sum_positions=True)
+        assert s[HOOK].shape == (2049,) and torch.isfinite(s[HOOK]).all()
+    no_cf = Task("t", task.clean, None, task.answer, task.wrong)
+    with pytest.raises(DataError, match="no counterfactual"):
+        node_attribution(spliced, no_cf)
+    with pytest.raises(UnknownNameError, match="patch"):
+        node_attribution(spliced, task, patch="resample")
+    with pytest.raises(DataError, match="no prompts"):
+        Task("t", task.clean[:0], None, task.answer[:0], task.wrong[:0])
+    with pytest.raises(UnknownNameError, match="othello-legal"):
+        make_task("othello-illegal")
+    assert Node(HOOK, 0, 2048).is_error(2048)
+
+
+def test_pycode_tasks_and_jsonl(tmp_path):
+    model = load("pycode")
+    for name in ("pycode-bracket", "pycode-indent"):
+        t = make_task(name, model, n=8)
+        with torch.no_grad():
+            assert (t.metric(model(t.clean)) > t.metric(model(t.patch))).float().mean() >= 0.75
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"clean": "x = f(a", "patch": "x = f a", "answer": ")",
+                                "wrong": ","}) + "\n")
+    with pytest.raises(DataError, match="same number of tokens"):
+        load_task_jsonl(path, model)
