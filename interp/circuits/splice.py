@@ -42,6 +42,20 @@ class SpliceResult:
     hooks: dict[str, HookState] = field(default_factory=dict)
 
 
+class _Fork(torch.autograd.Function):
+    """Two copies of a tensor that are separate nodes of the graph (gradients add up)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone(), t.clone()
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        if g1 is None:
+            return g2
+        return g1 if g2 is None else g1 + g2
+
+
 class SplicedModel:
     """A model with SAEs at a set of hook points; see the module docstring."""
 
@@ -88,21 +102,31 @@ class SplicedModel:
 
     # -------------------------------------------------------------- running
     def run(self, tokens: torch.Tensor, interventions: Mapping[str, Intervention] | None = None,
-            track_grads: bool = False, stop_at_layer: int | None = None) -> SpliceResult:
+            track_grads: bool = False, stop_at_layer: int | None = None,
+            graph: bool = False, linear: bool = False) -> SpliceResult:
         """Forward pass with every SAE spliced in.
 
-        ``interventions[hook]`` may change that hook's latents and error; ``track_grads``
+        ``interventions[hook]`` may change that hook's latents and error. ``track_grads``
         makes each hook's ``acts`` and ``err`` leaves whose ``.grad`` a backward pass fills.
+        ``graph`` instead computes each hook's ``acts`` and ``err`` from its input ``x``
+        differentiably (gradients retained), so that the hook's output depends on upstream
+        nodes only through them: vector-Jacobian products between hooks give edge effects.
+        ``linear`` (with ``graph``) freezes attention patterns and LayerNorm scales in the
+        backward pass, which makes the model between hooks linear where it has no MLP.
         """
         interventions = dict(interventions or {})
         bad = sorted(set(interventions) - set(self.saes))
         if bad:
             raise DataError(f"interventions at {bad}, where no SAE is spliced; spliced: "
                             f"{self.hooks}")
+        if graph and interventions:
+            raise DataError("graph mode runs the clean model; interventions are not allowed")
         result = SpliceResult(logits=torch.empty(0))
 
         def splice(x: torch.Tensor, hook) -> torch.Tensor:
             name = hook.name
+            if graph:
+                return self._splice_graph(name, x, result)
             acts, err = self.encode(name, x.detach())
             state = HookState(x=x, acts=acts, err=err)
             if name in interventions:
@@ -123,7 +147,29 @@ class SplicedModel:
             return x
 
         fwd = [(h, splice) for h in self.hooks]
-        with torch.set_grad_enabled(track_grads):
+        if linear:
+            freeze = lambda t, hook: t.detach()  # noqa: E731
+            fwd += [(h, freeze) for h in self.model.hook_dict
+                    if h.endswith("attn.hook_pattern") or h.endswith("hook_scale")]
+        with torch.set_grad_enabled(track_grads or graph):
             result.logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd,
                                                       stop_at_layer=stop_at_layer)
         return result
+
+    def _splice_graph(self, name: str, x: torch.Tensor, result: SpliceResult) -> torch.Tensor:
+        sae = self.saes[name]
+        shape = x.shape
+        if not x.requires_grad:  # the first hook of a frozen model: its nodes still need grads
+            x = x.detach().requires_grad_(True)
+        out = sae(x.reshape(-1, shape[-1]).float())
+        # two copies of the latents: the node (acts) reaches the output only through the
+        # decoder, its twin only through the error, so that d out / d acts = W_dec and
+        # d out / d err = I while d out / d x stays the identity
+        acts, twin = _Fork.apply(out.dense().reshape(*shape[:-1], -1))
+        rec = self.decode_delta(name, acts).to(x.dtype)
+        err = x - self.decode_delta(name, twin).to(x.dtype) - sae.b_dec.detach().to(x.dtype)
+        acts.retain_grad()
+        err.retain_grad()
+        result.hooks[name] = HookState(x=x, acts=acts, err=err)
+        node_sum = rec + err  # == x - b_dec; its gradient reaches x through acts and err
+        return x.detach() + (node_sum - node_sum.detach())
