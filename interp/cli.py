@@ -123,6 +123,59 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.sae}/eval.json and its figures")
 
 
+def _cmd_circuit(args: argparse.Namespace) -> None:
+    from interp.circuits.discover import CircuitConfig, discover, run_saes, saes_for
+    from interp.circuits.graph import faithfulness_figure, figure, save_graph
+    from interp.circuits.splice import SplicedModel
+    from interp.circuits.tasks import BUILTIN, make_task
+    from interp.models import load
+
+    names = list(args.sae or [])
+    if args.run:
+        names += run_saes(args.run, args.arch)
+    if not names:
+        raise SystemExit("error: give --run RUN (its SAEs) or --sae NAME_OR_FOLDER")
+    saes = saes_for(names)
+    model_name = args.model or next(iter(saes.values())).cfg.metadata.get("model_name")
+    if not model_name:
+        raise SystemExit("error: the SAEs do not record their model; give --model")
+    if args.task in BUILTIN and BUILTIN[args.task][0] != model_name:
+        raise SystemExit(f"error: task {args.task} is for the {BUILTIN[args.task][0]} model, "
+                         f"these SAEs are for {model_name}")
+    model = load(model_name)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    spliced = SplicedModel(model, saes)
+    task = make_task(args.task, model, n=args.prompts, metric=args.metric)
+    cfg = CircuitConfig(method=args.method, patch=args.patch, steps=args.steps,
+                        node_threshold=args.nodes, max_nodes=args.max_nodes,
+                        edge_threshold=args.edges, linear=args.linear)
+    res = discover(spliced, task, cfg)
+    g, f = res["graph"], res["faithfulness"]
+    out = save_graph(g, args.out)
+    html = out.with_suffix(".html")
+    figure(g, f"{task.name}: {len(res['nodes'])} nodes").write_html(html)
+    print(f"{task.name} on {model_name} ({len(task)} prompts, hooks {', '.join(spliced.hooks)})")
+    print(f"circuit: {len(res['nodes'])} nodes, {g.number_of_edges()} edges "
+          f"({args.method}, patch={args.patch}); faithfulness {f['faithfulness']:.3f}, "
+          f"completeness {f['completeness']:.3f} (m full {f['m_full']:.3f}, empty "
+          f"{f['m_empty']:.3f}, circuit {f['m_circuit']:.3f}); {res['seconds']:.1f} s")
+    print(f"saved {out} and {html}")
+    if args.curve:
+        from interp.circuits.attribution import node_attribution, top_nodes
+        from interp.circuits.faithfulness import faithfulness_curve
+
+        scores = node_attribution(spliced, task, method=args.method, patch=args.patch,
+                                  steps=args.steps)
+        ranked = [n for n, _ in top_nodes(scores, max(args.curve))]
+        curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve))
+        for c in curve:
+            print(f"  top {c['nodes']:4d} nodes: faithfulness {c['faithfulness']:.3f}, "
+                  f"completeness {c['completeness']:.3f}")
+        faithfulness_figure(curve).write_html(out.with_name(out.stem + "_faithfulness.html"))
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
     from interp.sae.release import registry
 
@@ -269,6 +322,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--contexts", type=int, default=64)
     e.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
     e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("circuit", help="discover a sparse feature circuit for a task",
+                       description="Splice SAEs into their model, attribute the task metric to "
+                       "latents and error terms (AtP or integrated gradients), connect the "
+                       "retained nodes by edge attribution, prune, and check the circuit by "
+                       "mean ablation (faithfulness, completeness). Writes the graph as JSON "
+                       "and a plotly HTML figure.")
+    c.add_argument("--run", default=None, help="use the SAEs in RUN/saes/ (one per hook)")
+    c.add_argument("--arch", default=None, help="with --run: the SAE folder name to use")
+    c.add_argument("--sae", action="append", default=None,
+                   help="an SAE by registry name (see `interp saes`) or folder; repeatable")
+    c.add_argument("--model", default=None, help="default: the SAEs' model")
+    c.add_argument("--task", required=True, help="othello-legal, pycode-bracket, "
+                   "pycode-indent, or a JSONL file of prompts")
+    c.add_argument("--prompts", type=int, default=64, help="prompts of a built-in task")
+    c.add_argument("--metric", default="logit_diff", choices=["logit_diff", "logprob"])
+    c.add_argument("--method", default="ig", choices=["atp", "ig"])
+    c.add_argument("--patch", default="counterfactual", choices=["counterfactual", "zero",
+                                                                  "mean"])
+    c.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
+    c.add_argument("--nodes", type=float, default=0.0, help="node threshold on |effect|")
+    c.add_argument("--max-nodes", type=int, default=100)
+    c.add_argument("--edges", type=float, default=0.0, help="edge threshold on |effect|")
+    c.add_argument("--linear", action="store_true",
+                   help="edges with attention patterns and LayerNorm scales frozen")
+    c.add_argument("--curve", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="also the faithfulness of the top-n nodes for these n, e.g. 5,10,50")
+    c.add_argument("--out", default="circuit.json")
+    c.set_defaults(func=_cmd_circuit)
 
     r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
                        description="List the registry of SAEs this project trained on its "

@@ -1,0 +1,106 @@
+"""One call from a task to a checked circuit: node attribution, edges between the retained
+nodes, a pruned graph, and its faithfulness (``interp circuit``)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from interp.circuits.attribution import edge_attribution, node_attribution, top_nodes
+from interp.circuits.faithfulness import faithfulness
+from interp.circuits.graph import OUTPUT, build_graph, prune
+from interp.circuits.splice import SplicedModel
+from interp.circuits.tasks import Task
+from interp.errors import DataError
+
+
+@dataclass
+class CircuitConfig:
+    method: str = "ig"              # atp or ig
+    patch: str = "counterfactual"   # counterfactual, zero or mean
+    steps: int = 10                 # IG steps
+    node_threshold: float = 0.0     # keep nodes with |effect| >= this ...
+    max_nodes: int = 100            # ... at most this many (largest |effect| first)
+    edge_threshold: float = 0.0
+    linear: bool = False            # edges with attention patterns and LN scales frozen
+    ablate_errors: bool = True      # faithfulness: ablate error nodes outside the circuit
+
+
+def saes_for(names: list[str]) -> dict:
+    """{hook: SAE} from registry names or SAE folders (the hook from each SAE's metadata)."""
+    from interp.sae.io import load_sae
+    from interp.sae.release import load_pretrained, registry
+
+    out = {}
+    for name in names:
+        sae = load_pretrained(name) if name in registry() else load_sae(name)
+        hook = sae.cfg.metadata.get("hook_name")
+        if not hook:
+            raise DataError(f"the SAE {name} does not record its hook (metadata hook_name)")
+        if hook in out:
+            raise DataError(f"two SAEs for {hook}: splice one SAE per hook")
+        out[hook] = sae
+    return out
+
+
+def run_saes(run: str | Path, arch: str | None = None) -> list[str]:
+    """The SAE folders of a run (``RUN/saes/*``), one per hook (``arch`` picks among several)."""
+    folders = sorted(p.parent for p in Path(run).glob("saes/*/cfg.json"))
+    if arch:
+        folders = [f for f in folders if f.name == arch]
+    if not folders:
+        raise DataError(f"no SAEs under {run}/saes/" + (f" named {arch!r}" if arch else "")
+                        + "; train one with `interp train` or name SAEs with --sae")
+    return [str(f) for f in folders]
+
+
+def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None) -> dict:
+    """Returns {"graph": networkx DiGraph, "faithfulness": {...}, "seconds": ...}."""
+    cfg = cfg or CircuitConfig()
+    t0 = time.time()
+    scores = node_attribution(spliced, task, method=cfg.method, patch=cfg.patch,
+                              steps=cfg.steps)
+    ranked = [(n, s) for n, s in top_nodes(scores, cfg.max_nodes)
+              if abs(s) >= cfg.node_threshold]
+    if not ranked:
+        raise DataError(f"no node reaches |effect| >= {cfg.node_threshold}; the largest is "
+                        f"{max(float(s.abs().max()) for s in scores.values()):.4g}")
+    nodes = [n for n, _ in ranked]
+    edges, _ = edge_attribution(spliced, task, nodes, patch=cfg.patch, linear=cfg.linear)
+    activations = _mean_activations(spliced, task, nodes)
+    d_sae = {h: spliced.saes[h].cfg.d_sae for h in spliced.hooks}
+    meta = {"task": task.name, "task_description": task.description, "prompts": len(task),
+            "metric": task.metric_kind, "hooks": spliced.hooks,
+            "model": getattr(spliced.model.cfg, "model_name", None), **asdict(cfg)}
+    graph = prune(build_graph(dict(ranked), edges, d_sae, activations, meta),
+                  edge_threshold=cfg.edge_threshold)
+    kept = [n for n in nodes if _key(n, d_sae) in graph]
+    faith = faithfulness(spliced, task, kept, ablate_errors=cfg.ablate_errors)
+    graph.graph["faithfulness"] = faith["faithfulness"]
+    graph.graph["completeness"] = faith["completeness"]
+    return {"graph": graph, "faithfulness": faith, "nodes": kept,
+            "seconds": time.time() - t0}
+
+
+def _key(node, d_sae):
+    from interp.circuits.graph import node_key
+
+    return node_key(node, d_sae[node.hook])
+
+
+@torch.no_grad()
+def _mean_activations(spliced: SplicedModel, task: Task, nodes) -> dict:
+    res = spliced.run(task.clean)
+    out = {}
+    for n in nodes:
+        st = res.hooks[n.hook]
+        if n.is_error(spliced.saes[n.hook].cfg.d_sae):
+            out[n] = float(st.err[:, n.position].norm(dim=-1).mean())
+        else:
+            out[n] = float(st.acts[:, n.position, n.latent].mean())
+    return out
+
+
+__all__ = ["CircuitConfig", "discover", "saes_for", "run_saes", "OUTPUT"]
