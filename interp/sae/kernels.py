@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 import warnings
 
 import torch
@@ -341,6 +342,10 @@ def build(extra_flags: tuple[str, ...] = ()):
     """Compile (or load the cached build of) the kernels with these extra compiler flags."""
     from torch.utils.cpp_extension import load_inline
 
+    # the ninja that pip installed beside this interpreter, when the venv is not activated
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-march=native")
