@@ -1,0 +1,1 @@
+"""Sparse probing: k-sparse linear probes on neurons, residual dimensions or SAE latents."""

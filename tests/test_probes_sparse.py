@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from interp.errors import DataError, UnknownNameError
+from interp.probes.sparse import (exact_single_unit, f_stat, mean_diff, select_units,
+                                  sparse_probe)
+
+
+def planted(n=2000, u=300, units=(17, 123, 250), noise=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, u, generator=g)
+    y = (torch.rand(n, generator=g) < 0.3).long()
+    for i, j in enumerate(units):
+        x[:, j] += (3.0 - i) * y * noise
+    return x, y
+
+
+def test_mean_diff_and_f_stat_equal_hand_and_sklearn_computations():
+    from sklearn.feature_selection import f_classif
+
+    x, y = planted(n=500, u=40, units=(3, 30))
+    md = mean_diff(x, y)
+    hand = torch.stack([(x[y == 1, j].mean() - x[y == 0, j].mean()).abs() for j in range(40)])
+    torch.testing.assert_close(md, hand)
+    ref, _ = f_classif(x.numpy(), y.numpy())
+    np.testing.assert_allclose(f_stat(x, y).numpy(), ref, rtol=1e-4)
+
+
+def test_exact_selector_finds_the_planted_unit_and_matches_brute_force():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = planted(n=600, u=30, units=(7, 21), noise=0.6)
+    best, losses = exact_single_unit(x, y, weight_decay=0.0)
+    assert best == 7
+    # brute force: one sklearn fit per unit, balanced, no penalty
+    brute = []
+    for j in range(30):
+        xs = (x[:, j:j + 1] - x[:, j].mean()) / (x[:, j].std() + 1e-6)
+        clf = LogisticRegression(penalty=None, class_weight="balanced").fit(xs.numpy(), y.numpy())
+        p = clf.predict_proba(xs.numpy())[:, 1]
+        w = np.where(y.numpy() == 1, len(y) / (2 * y.sum().item()),
+                     len(y) / (2 * (len(y) - y.sum().item())))
+        brute.append(-(w * (y.numpy() * np.log(p) + (1 - y.numpy()) * np.log(1 - p))).sum() / w.sum())
+    np.testing.assert_allclose(losses.numpy(), np.array(brute), rtol=1e-3, atol=1e-4)
+    assert int(np.argmin(brute)) == best
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "f_stat", "l1", "greedy"])
+def test_selectors_recover_the_planted_units(method):
+    x, y = planted()
+    chosen = set(select_units(x, y, 3, method).tolist())
+    assert chosen == {17, 123, 250}
+
+
+def test_probe_f1_grows_with_k_and_dense_probe_is_reported():
+    x, y = planted()
+    res = sparse_probe(x, y, ks=(1, 2, 3, 8))
+    f1 = {r.k: r.test["f1"] for r in res}
+    assert f1[1] < f1[3] and f1[3] > 0.9
+    assert res[-1].method == "dense" and res[-1].k is None and len(res[-1].units) == 300
+    assert res[0].units == [17]
+    for r in res:
+        assert 0.5 < r.test["auroc"] <= 1.0
+
+
+def test_bad_probe_input_is_refused():
+    x, y = planted(n=100, u=10, units=(2,))
+    with pytest.raises(DataError, match="single class"):
+        sparse_probe(x, torch.zeros(100, dtype=torch.long))
+    with pytest.raises(DataError, match="100 examples but"):
+        sparse_probe(x, y[:50])
+    with pytest.raises(UnknownNameError, match="f_stat"):
+        select_units(x, y, 2, "anova")
+    with pytest.raises(DataError, match="k must be 1"):
+        select_units(x, y, 2, "exact")
+    with pytest.raises(DataError, match="0/1"):
+        sparse_probe(x, y * 2)
