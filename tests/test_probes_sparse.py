@@ -76,3 +76,29 @@ def test_bad_probe_input_is_refused():
         select_units(x, y, 2, "exact")
     with pytest.raises(DataError, match="0/1"):
         sparse_probe(x, y * 2)
+
+
+def test_builtin_datasets_and_features():
+    from interp.models import load
+    from interp.probes.datasets import make_dataset, probe_features
+    from interp.sae.release import load_pretrained
+
+    ds = make_dataset("othello-legal-d3", 40)
+    assert ds.tokens.shape == (40, 60) and (ds.labels[:, 0] == -1).all()
+    from interp.data import othello as oth
+
+    games = oth.generate_games(40, np.random.default_rng(424_242))
+    assert bool(ds.labels[0, 5]) == bool(games.legal_mask()[0, 4, oth.parse_square("d3")])
+    model = load("pycode")
+    ds = make_dataset("pycode-in-string", 32)
+    saes = {"topk": load_pretrained("pycode/blocks.2.hook_resid_post/topk")}
+    x, y, info = probe_features(model, ds, "sae:topk", saes, max_examples=500)
+    assert x.shape == (500, 2048) and info["positives"] == int(y.sum()) > 0
+    x2, _, _ = probe_features(model, ds, "hook:blocks.1.mlp.hook_post", max_examples=500)
+    assert x2.shape == (500, 512)
+    with pytest.raises(DataError, match="hook:HOOK_NAME"):
+        probe_features(model, ds, "neurons")
+    with pytest.raises(UnknownNameError, match="pycode-in-string"):
+        make_dataset("pycode-in-strings")
+    with pytest.raises(DataError, match="a1 .. h8"):
+        make_dataset("othello-mine-z9")
