@@ -176,6 +176,33 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
         faithfulness_figure(curve).write_html(out.with_name(out.stem + "_faithfulness.html"))
 
 
+def _cmd_probe(args: argparse.Namespace) -> None:
+    from interp.circuits.discover import run_saes, saes_for
+    from interp.models import load
+    from interp.probes.experiment import compare_sources, save, table
+
+    saes = {}
+    for spec in args.source:
+        kind, _, name = spec.partition(":")
+        if kind != "sae" or name in saes:
+            continue
+        if args.run and not name.count("/"):
+            folder = run_saes(args.run, name)[0]
+            saes[name] = next(iter(saes_for([folder]).values()))
+        else:
+            saes[name] = next(iter(saes_for([name]).values()))
+    model_name = args.model or args.task.split("-")[0]
+    if model_name not in ("othello", "pycode") and not args.model:
+        raise SystemExit("error: give --model for a labelled-text file")
+    model = load(model_name)
+    model.eval()
+    res = compare_sources(model, args.task, args.source, saes, ks=args.k, method=args.method,
+                          n_contexts=args.contexts, max_examples=args.examples)
+    print(table(res))
+    out = save(res, args.out)
+    print(f"saved {out} and {out.with_suffix('.html')}")
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
     from interp.sae.release import registry
 
@@ -351,6 +378,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the faithfulness of the top-n nodes for these n, e.g. 5,10,50")
     c.add_argument("--out", default="circuit.json")
     c.set_defaults(func=_cmd_circuit)
+
+    pr = sub.add_parser("probe", help="k-sparse probes on neurons or SAE latents",
+                        description="Fit k-sparse logistic probes (select k units, then a "
+                        "class-balanced logistic regression) for a property on each source, "
+                        "on the same examples and split; print F1 / accuracy / AUROC per k "
+                        "and write JSON plus an F1-vs-k plotly figure.")
+    pr.add_argument("--task", required=True, help="othello-{empty,mine,theirs,legal,flipped}-SQ, "
+                    "pycode-{in-string,in-comment,keyword,in-brackets,indented,indent-N}, or a "
+                    ".csv/.jsonl of labelled text (with --model)")
+    pr.add_argument("--source", action="append", required=True,
+                    help="hook:HOOK (its units, e.g. hook:blocks.1.mlp.hook_post) or sae:NAME "
+                    "(a registry name, a folder, or with --run a folder name in RUN/saes); "
+                    "repeat to compare")
+    pr.add_argument("--run", default=None)
+    pr.add_argument("--model", default=None)
+    pr.add_argument("--k", type=lambda s: [int(v) for v in s.split(",")],
+                    default=[1, 2, 4, 8, 16, 32, 64])
+    pr.add_argument("--method", default="f_stat",
+                    choices=["mean_diff", "f_stat", "l1", "greedy", "exact"])
+    pr.add_argument("--contexts", type=int, default=256)
+    pr.add_argument("--examples", type=int, default=10_000)
+    pr.add_argument("--out", default="probe.json")
+    pr.set_defaults(func=_cmd_probe)
 
     r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
                        description="List the registry of SAEs this project trained on its "

@@ -102,3 +102,22 @@ def test_builtin_datasets_and_features():
         make_dataset("pycode-in-strings")
     with pytest.raises(DataError, match="a1 .. h8"):
         make_dataset("othello-mine-z9")
+
+
+def test_probe_cli_compares_sources(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, "-m", "interp.cli", "probe", "--task", "pycode-keyword",
+                        "--source", "hook:blocks.1.mlp.hook_post", "--source",
+                        "sae:pycode/blocks.2.hook_resid_post/topk", "--k", "1,4",
+                        "--contexts", "64", "--examples", "2000", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "k=1" in r.stdout and "dense" in r.stdout
+    res = json.loads(out.read_text())
+    assert set(res["sources"]) == {"hook:blocks.1.mlp.hook_post",
+                                   "sae:pycode/blocks.2.hook_resid_post/topk"}
+    assert out.with_suffix(".html").exists()

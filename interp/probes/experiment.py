@@ -1,0 +1,77 @@
+"""One call from a property and a set of sources to a comparison table, a figure and JSON
+(``interp probe``): k-sparse probes per source on the same examples and split."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from interp.probes.datasets import make_dataset, probe_features
+from interp.probes.sparse import K_DEFAULT, sparse_probe, train_test_split
+
+
+def compare_sources(model, dataset: str, sources: list[str], saes: dict | None = None,
+                    ks=K_DEFAULT, method: str = "f_stat", n_contexts: int = 256,
+                    max_examples: int = 10_000, seed: int = 0, top_units: int = 10) -> dict:
+    """Probes for each source (``hook:NAME`` or ``sae:NAME``) on the same labelled tokens."""
+    ds = make_dataset(dataset, n_contexts, model)
+    out = {"dataset": dataset, "description": ds.description, "method": method,
+           "ks": list(ks), "sources": {}}
+    split = None
+    for source in sources:
+        t0 = time.time()
+        x, y, info = probe_features(model, ds, source, saes, max_examples=max_examples,
+                                    seed=seed)
+        split = split or train_test_split(y, 0.25, seed)
+        results = sparse_probe(x, y, ks=ks, method=method, split=split)
+        info["seconds"] = time.time() - t0
+        largest = [r for r in results if r.k is not None][-1]  # the largest sparse probe
+        ranked = sorted(zip(largest.units, largest.weights), key=lambda p: -abs(p[1]))
+        out["sources"][source] = {
+            "info": info, "results": [asdict(r) for r in results],
+            "top_units": [{"unit": int(u), "weight": float(w)} for u, w in ranked[:top_units]],
+        }
+    return out
+
+
+def table(res: dict) -> str:
+    lines = [f"{res['dataset']} ({res['description']}), selector {res['method']}; "
+             f"held-out F1 / AUROC"]
+    for source, r in res["sources"].items():
+        info = r["info"]
+        lines.append(f"  {source}  ({info['units']} units, {info['examples']} examples, "
+                     f"{info['positives']} positive)")
+        for p in r["results"]:
+            k = "dense" if p["k"] is None else f"k={p['k']}"
+            unit = f"  unit {p['units'][0]}" if p["k"] == 1 else ""
+            lines.append(f"    {k:>7s}  F1 {p['test']['f1']:.3f}  acc "
+                         f"{p['test']['accuracy']:.3f}  AUROC {p['test']['auroc']:.3f}{unit}")
+    return "\n".join(lines)
+
+
+def f1_figure(res: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for source, r in res["sources"].items():
+        sparse = [p for p in r["results"] if p["k"] is not None]
+        fig.add_trace(go.Scatter(x=[p["k"] for p in sparse], y=[p["test"]["f1"] for p in sparse],
+                                 mode="lines+markers", name=source))
+        dense = [p for p in r["results"] if p["k"] is None]
+        if dense:
+            fig.add_hline(y=dense[0]["test"]["f1"], line_dash="dot",
+                          annotation_text=f"{source} dense", opacity=0.5)
+    fig.update_layout(title=f"{res['dataset']}: F1 vs k ({res['method']})", xaxis_type="log",
+                      xaxis_title="k (units in the probe)", yaxis_title="held-out F1")
+    return fig
+
+
+def save(res: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    f1_figure(res).write_html(out.with_suffix(".html"))
+    return out
