@@ -203,6 +203,52 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     print(f"saved {out} and {out.with_suffix('.html')}")
 
 
+def _cmd_ablate(args: argparse.Namespace) -> None:
+    from interp.ablations import ablate_latents, steer
+    from interp.circuits.discover import saes_for
+    from interp.circuits.splice import SplicedModel
+    from interp.circuits.tasks import make_task
+    from interp.models import load, token_strings
+
+    saes = saes_for([args.sae])
+    hook, sae = next(iter(saes.items()))
+    model_name = args.model or sae.cfg.metadata.get("model_name")
+    model = load(model_name)
+    model.eval()
+    spliced = SplicedModel(model, saes)
+    task = None
+    if args.task:
+        task = make_task(args.task, model, n=args.prompts)
+        tokens, reference = task.clean, task.patch
+    elif args.prompt:
+        tokens = model.to_tokens(args.prompt, prepend_bos=True)
+        reference = None
+    else:
+        raise SystemExit("error: give --task TASK or --prompt TEXT")
+    latents = [int(v) for v in args.latents.split(",")]
+    if args.alpha is not None or args.clamp is not None:
+        if len(latents) != 1:
+            raise SystemExit("error: steer one latent at a time")
+        rep = steer(spliced, hook, tokens, latents[0], alpha=args.alpha, clamp=args.clamp,
+                    task=task)
+        what = f"steered latent {latents[0]} " + (f"by alpha={args.alpha}" if args.alpha
+                                                   is not None else f"clamped to {args.clamp}")
+    else:
+        rep = ablate_latents(spliced, hook, tokens, latents, mode=args.mode,
+                             reference=reference, task=task)
+        what = f"{args.mode}-ablated latents {latents}"
+    print(f"{what} at {hook} on {tokens.shape[0]} prompt(s) of {tokens.shape[1]} tokens")
+    print(f"next-token loss {rep.loss_clean:.4f} -> {rep.loss_after:.4f} "
+          f"({rep.loss_change:+.4f})")
+    if task is not None:
+        print(f"{task.name} metric {rep.metric_clean:.4f} -> {rep.metric_after:.4f} "
+              f"({rep.metric_change:+.4f})")
+    names = lambda pairs: ", ".join(f"{t!r} {d:+.3f}" for t, d in zip(  # noqa: E731
+        token_strings(model_name, [i for i, _ in pairs]), [d for _, d in pairs]))
+    print(f"last position, probability up:   {names(rep.top_up[:args.top])}")
+    print(f"last position, probability down: {names(rep.top_down[:args.top])}")
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
     from interp.sae.release import registry
 
@@ -401,6 +447,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--examples", type=int, default=10_000)
     pr.add_argument("--out", default="probe.json")
     pr.set_defaults(func=_cmd_probe)
+
+    ab = sub.add_parser("ablate", help="ablate or steer SAE latents and measure the effect",
+                        description="Ablate SAE latents (zero, mean or resample) or steer one "
+                        "(add alpha times its decoder direction, or clamp it) on a task's "
+                        "prompts or on a prompt; print the change of the next-token loss, of "
+                        "the task metric, and the tokens whose probability moves most.")
+    ab.add_argument("--sae", required=True, help="registry name or SAE folder")
+    ab.add_argument("--latents", required=True, help="comma-separated latent ids")
+    ab.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"])
+    ab.add_argument("--alpha", type=float, default=None, help="steer: add alpha * W_dec[latent]")
+    ab.add_argument("--clamp", type=float, default=None, help="steer: set the latent to this")
+    ab.add_argument("--task", default=None, help="a circuit task (its prompts and metric)")
+    ab.add_argument("--prompts", type=int, default=32)
+    ab.add_argument("--prompt", default=None, help="or one text prompt")
+    ab.add_argument("--model", default=None)
+    ab.add_argument("--top", type=int, default=5)
+    ab.set_defaults(func=_cmd_ablate)
 
     r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
                        description="List the registry of SAEs this project trained on its "
