@@ -124,6 +124,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_circuit(args: argparse.Namespace) -> None:
+    import torch
+
     from interp.circuits.discover import CircuitConfig, discover, run_saes, saes_for
     from interp.circuits.graph import faithfulness_figure, figure, save_graph
     from interp.circuits.splice import SplicedModel
@@ -150,7 +152,7 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     task = make_task(args.task, model, n=args.prompts, metric=args.metric)
     cfg = CircuitConfig(method=args.method, patch=args.patch, steps=args.steps,
                         node_threshold=args.nodes, max_nodes=args.max_nodes,
-                        edge_threshold=args.edges, linear=args.linear)
+                        edge_threshold=args.edges, linear=args.linear, ablation=args.ablation)
     res = discover(spliced, task, cfg)
     g, f = res["graph"], res["faithfulness"]
     out = save_graph(g, args.out)
@@ -159,9 +161,22 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     print(f"{task.name} on {model_name} ({len(task)} prompts, hooks {', '.join(spliced.hooks)})")
     print(f"circuit: {len(res['nodes'])} nodes, {g.number_of_edges()} edges "
           f"({args.method}, patch={args.patch}); faithfulness {f['faithfulness']:.3f}, "
-          f"completeness {f['completeness']:.3f} (m full {f['m_full']:.3f}, empty "
+          f"completeness {f['completeness']:.3f} ({f['ablation']} ablation; m full "
+          f"{f['m_full']:.3f}, empty "
           f"{f['m_empty']:.3f}, circuit {f['m_circuit']:.3f}); {res['seconds']:.1f} s")
     print(f"saved {out} and {html}")
+    if args.validate:
+        from interp.circuits.attribution import (exact_node_effects, node_attribution,
+                                                 spearman, top_nodes)
+
+        for method in ("atp", "ig"):
+            scores = node_attribution(spliced, task, method=method, patch=args.patch,
+                                      steps=args.steps)
+            top = top_nodes(scores, args.validate)
+            exact = exact_node_effects(spliced, task, [n for n, _ in top], patch=args.patch)
+            est = torch.tensor([v for _, v in top], dtype=torch.float64)
+            print(f"  {method}: Spearman with exact patching over its top {len(top)} nodes "
+                  f"{spearman(est, exact):.3f}")
     if args.curve:
         from interp.circuits.attribution import node_attribution, top_nodes
         from interp.circuits.faithfulness import faithfulness_curve
@@ -169,7 +184,8 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
         scores = node_attribution(spliced, task, method=args.method, patch=args.patch,
                                   steps=args.steps)
         ranked = [n for n, _ in top_nodes(scores, max(args.curve))]
-        curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve))
+        curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve),
+                                   ablation=args.ablation)
         for c in curve:
             print(f"  top {c['nodes']:4d} nodes: faithfulness {c['faithfulness']:.3f}, "
                   f"completeness {c['completeness']:.3f}")
@@ -422,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edges with attention patterns and LayerNorm scales frozen")
     c.add_argument("--curve", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="also the faithfulness of the top-n nodes for these n, e.g. 5,10,50")
+    c.add_argument("--ablation", default=None, choices=["counterfactual", "mean"],
+                   help="faithfulness: what nodes outside the circuit are set to (default: "
+                   "counterfactual when the task has counterfactual prompts, else mean)")
+    c.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="also patch the top N nodes one by one (exact) and print the Spearman "
+                   "correlation of the AtP and IG scores with it")
     c.add_argument("--out", default="circuit.json")
     c.set_defaults(func=_cmd_circuit)
 

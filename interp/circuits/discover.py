@@ -26,6 +26,7 @@ class CircuitConfig:
     edge_threshold: float = 0.0
     linear: bool = False            # edges with attention patterns and LN scales frozen
     ablate_errors: bool = True      # faithfulness: ablate error nodes outside the circuit
+    ablation: str | None = None     # faithfulness: counterfactual (default if any) or mean
 
 
 def saes_for(names: list[str]) -> dict:
@@ -77,7 +78,8 @@ def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None
     graph = prune(build_graph(dict(ranked), edges, d_sae, activations, meta),
                   edge_threshold=cfg.edge_threshold)
     kept = [n for n in nodes if _key(n, d_sae) in graph]
-    faith = faithfulness(spliced, task, kept, ablate_errors=cfg.ablate_errors)
+    faith = faithfulness(spliced, task, kept, ablate_errors=cfg.ablate_errors,
+                         ablation=cfg.ablation)
     graph.graph["faithfulness"] = faith["faithfulness"]
     graph.graph["completeness"] = faith["completeness"]
     return {"graph": graph, "faithfulness": faith, "nodes": kept,

@@ -1,9 +1,12 @@
 """Checking a circuit by ablation: faithfulness and completeness (Marks et al.).
 
 A circuit C is a set of nodes. ``m(C)`` is the task metric (mean over prompts) when every
-node outside C is mean-ablated (its value replaced by its mean over the clean prompts, per
-position) while the nodes in C are computed as usual from their (possibly ablated)
-inputs. Error nodes outside C are ablated too unless ``ablate_errors=False``.
+node outside C is ablated while the nodes in C are computed as usual from their (possibly
+ablated) inputs. Ablation (``ablation``) replaces a node's value by its value on the
+counterfactual prompt (the default when the task has counterfactuals: then ``m(empty)`` is
+the metric of the counterfactual prompts) or by its mean over the clean prompts, per
+position (``"mean"``; a poor baseline when every prompt shares the property under study).
+Error nodes outside C are ablated too unless ``ablate_errors=False``.
 
     faithfulness(C) = (m(C) - m(empty)) / (m(M) - m(empty))
     completeness(C) = 1 - faithfulness(M \\ C)      (M: every node)
@@ -31,21 +34,22 @@ def _masks(spliced: SplicedModel, nodes, t: int, complement: bool = False
 
 @torch.no_grad()
 def ablated_metric(spliced: SplicedModel, task: Task, masks: dict[str, torch.Tensor] | None,
-                   means: PatchValues, ablate_errors: bool = True,
+                   values: PatchValues, ablate_errors: bool = True,
                    batch_size: int = 64) -> float:
-    """The mean metric with every node outside ``masks`` mean-ablated (None: no ablation)."""
+    """The mean metric with every node outside ``masks`` ablated to ``values`` (None: none)."""
     total = 0.0
     for rows in _batches(len(task), batch_size):
         interventions = {}
         if masks is not None:
+            patch = values.values(rows, spliced.run(task.clean[rows]).hooks)
             for h in spliced.hooks:
                 keep = masks[h]
-                mean_a, mean_e = means.means[h]
+                pa, pe = patch[h]
 
-                def ablate(name, a, e, keep=keep, mean_a=mean_a, mean_e=mean_e):
-                    a = torch.where(keep[:, :-1], a, mean_a.to(a.dtype))
+                def ablate(name, a, e, keep=keep, pa=pa, pe=pe):
+                    a = torch.where(keep[:, :-1], a, pa.to(a.dtype))
                     if ablate_errors:
-                        e = torch.where(keep[:, -1:], e, mean_e.to(e.dtype))
+                        e = torch.where(keep[:, -1:], e, pe.to(e.dtype))
                     return a, e
 
                 interventions[h] = ablate
@@ -54,31 +58,42 @@ def ablated_metric(spliced: SplicedModel, task: Task, masks: dict[str, torch.Ten
     return total / len(task)
 
 
+def default_ablation(task: Task) -> str:
+    return "counterfactual" if task.patch is not None else "mean"
+
+
 def faithfulness(spliced: SplicedModel, task: Task, nodes: list[Node],
-                 ablate_errors: bool = True, means: PatchValues | None = None,
+                 ablate_errors: bool = True, ablation: str | None = None,
+                 values: PatchValues | None = None,
                  baselines: tuple[float, float] | None = None) -> dict:
     """Faithfulness and completeness of the circuit ``nodes`` (see the module docstring)."""
-    means = means or PatchValues(spliced, task, "mean")
+    ablation = ablation or default_ablation(task)
+    values = values or PatchValues(spliced, task, ablation)
     t = task.clean.shape[1]
     if baselines is None:
-        baselines = (ablated_metric(spliced, task, None, means),
-                     ablated_metric(spliced, task, _masks(spliced, [], t), means, ablate_errors))
+        baselines = (ablated_metric(spliced, task, None, values),
+                     ablated_metric(spliced, task, _masks(spliced, [], t), values,
+                                    ablate_errors))
     m_full, m_empty = baselines
-    m_c = ablated_metric(spliced, task, _masks(spliced, nodes, t), means, ablate_errors)
-    m_rest = ablated_metric(spliced, task, _masks(spliced, nodes, t, complement=True), means,
+    m_c = ablated_metric(spliced, task, _masks(spliced, nodes, t), values, ablate_errors)
+    m_rest = ablated_metric(spliced, task, _masks(spliced, nodes, t, complement=True), values,
                             ablate_errors)
     gap = m_full - m_empty
     faith = (m_c - m_empty) / gap if gap else float("nan")
     rest = (m_rest - m_empty) / gap if gap else float("nan")
     return {"nodes": len(nodes), "faithfulness": faith, "completeness": 1 - rest,
-            "m_circuit": m_c, "m_complement": m_rest, "m_full": m_full, "m_empty": m_empty}
+            "m_circuit": m_c, "m_complement": m_rest, "m_full": m_full, "m_empty": m_empty,
+            "ablation": ablation}
 
 
 def faithfulness_curve(spliced: SplicedModel, task: Task, ranked: list[Node],
-                       sizes: list[int], ablate_errors: bool = True) -> list[dict]:
+                       sizes: list[int], ablate_errors: bool = True,
+                       ablation: str | None = None) -> list[dict]:
     """Faithfulness of the top-n nodes of ``ranked`` for each n in ``sizes``."""
-    means = PatchValues(spliced, task, "mean")
+    ablation = ablation or default_ablation(task)
+    values = PatchValues(spliced, task, ablation)
     t = task.clean.shape[1]
-    base = (ablated_metric(spliced, task, None, means),
-            ablated_metric(spliced, task, _masks(spliced, [], t), means, ablate_errors))
-    return [faithfulness(spliced, task, ranked[:n], ablate_errors, means, base) for n in sizes]
+    base = (ablated_metric(spliced, task, None, values),
+            ablated_metric(spliced, task, _masks(spliced, [], t), values, ablate_errors))
+    return [faithfulness(spliced, task, ranked[:n], ablate_errors, ablation, values, base)
+            for n in sizes]

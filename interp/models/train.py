@@ -137,11 +137,14 @@ def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None
     total = spec.recipe.total_steps
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {name}")
     ema = None
+    bf16 = spec.recipe.precision == "bf16"
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, spec)
         inp, tgt, mask = batches(step)
-        loss = masked_ce(model(inp, return_type="logits"), tgt, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(inp, return_type="logits")
+        loss = masked_ce(logits.float(), tgt, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -26,6 +26,9 @@ class TrainRecipe:
     # of it over restart_steps (the first phase's checkpoint is exactly its start)
     restart_steps: int = 0
     restart_lr: float = 0.0
+    # "bf16": forward and backward matmuls under bf16 autocast (fp32 weights, optimizer and
+    # loss); about 2x faster on a CPU with AVX512-BF16
+    precision: str = "fp32"
 
     @property
     def total_steps(self) -> int:
@@ -65,8 +68,8 @@ ZOO: dict[str, ZooSpec] = {
         description="GPT on uniformly random legal Othello games (the Othello-GPT setting); "
                     "tokens: <bos>, the 60 playable squares, <pad>",
         n_layers=6, d_model=128, n_heads=4, d_mlp=512, n_ctx=60, d_vocab=62,
-        recipe=TrainRecipe(steps=4500, batch_size=64, lr=2e-3, warmup_steps=200,
-                           restart_steps=3000, restart_lr=1e-3),
+        recipe=TrainRecipe(steps=12000, batch_size=64, lr=2e-3, warmup_steps=200,
+                           precision="bf16"),
     ),
     "pycode": ZooSpec(
         name="pycode",
