@@ -36,10 +36,7 @@ def main() -> None:
     from interp.models import load
 
     saes = saes_for(args.sae or ["othello/blocks.3.hook_resid_post/topk"])
-    model = load(next(iter(saes.values())).cfg.metadata["model_name"])
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load(next(iter(saes.values())).cfg.metadata["model_name"]).requires_grad_(False)
     spliced = SplicedModel(model, saes)
     task = make_task(args.task, model, n=args.prompts)
 

@@ -144,10 +144,7 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     if args.task in BUILTIN and BUILTIN[args.task][0] != model_name:
         raise SystemExit(f"error: task {args.task} is for the {BUILTIN[args.task][0]} model, "
                          f"these SAEs are for {model_name}")
-    model = load(model_name)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load(model_name).requires_grad_(False)
     spliced = SplicedModel(model, saes)
     task = make_task(args.task, model, n=args.prompts, metric=args.metric)
     cfg = CircuitConfig(method=args.method, patch=args.patch, steps=args.steps,

@@ -15,11 +15,8 @@ HOOK = "blocks.3.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def spliced():
-    m = load("othello")
-    m.eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return SplicedModel(m, {HOOK: load_pretrained(f"othello/{HOOK}/topk")})
+    model = load("othello").requires_grad_(False)
+    return SplicedModel(model, {HOOK: load_pretrained(f"othello/{HOOK}/topk")})
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,12 @@ M = 64
 
 def frozen_sae(seed):
     sae = SparseAutoencoder(SAEConfig(d_in=128, d_sae=M, arch="topk", k=8, seed=seed)).eval()
-    for p in sae.parameters():
-        p.requires_grad_(False)
-    return sae
+    return sae.requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    model = load("othello")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load("othello").requires_grad_(False)
     spliced = SplicedModel(model, {h: frozen_sae(i) for i, h in enumerate(HOOKS)})
     return spliced, make_task("othello-legal", n=6)
 

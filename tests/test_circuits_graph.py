@@ -45,10 +45,7 @@ def test_graph_attributes_pruning_and_json_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def pycode_setup():
-    model = load("pycode")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load("pycode").requires_grad_(False)
     spliced = SplicedModel(model, saes_for(["pycode/blocks.2.hook_resid_post/topk"]))
     return spliced, make_task("pycode-bracket", model, n=24)
 

@@ -21,7 +21,6 @@ optional ``patch`` (texts), ``answer`` and ``wrong`` (each a token string).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,19 +219,10 @@ def load_task_jsonl(path: str | Path, model, metric: str = "logit_diff") -> Task
         raise DataError(f"no task file at {path}")
     if model is None or getattr(model, "tokenizer", None) is None:
         raise DataError("a JSONL task needs a model with a tokenizer")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n} is not JSON ({e})") from e
-        missing = {"clean", "answer", "wrong"} - set(row)
-        if missing:
-            raise DataError(f"{path}:{n} lacks {sorted(missing)}; each line needs clean, "
-                            f"answer, wrong (and optionally patch)")
-        rows.append(row)
+    from interp.data.sources import read_jsonl
+
+    rows = [row for _, row in read_jsonl(path, ["clean", "answer", "wrong"],
+                                         "each line needs clean, answer, wrong (patch optional)")]
     if not rows:
         raise DataError(f"{path} holds no prompts")
 

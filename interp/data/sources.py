@@ -75,6 +75,25 @@ def batches(source: TokenSource, n_ctx: int, batch_size: int,
                         f"context of {n_ctx} tokens")
 
 
+def read_jsonl(path: Path, fields: Sequence[str] = (), hint: str = "") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of a JSONL file; a clear error names
+    the line that is not JSON or lacks one of ``fields``."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from e
+            missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+            if missing:
+                have = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise DataError(f"{path}: line {n} has no field {', '.join(map(repr, missing))} "
+                                f"(it has {have}){'; ' + hint if hint else ''}")
+            yield n, row
+
+
 def prefetch(it: Iterable, depth: int = 2) -> Iterator:
     """Iterate ``it`` in a background thread, ``depth`` items ahead.
 
@@ -305,19 +324,8 @@ class LocalTextSource(TokenSource):
         elif p.suffix == ".txt":
             yield p.read_text(encoding="utf-8", errors="replace")
         elif p.suffix == ".jsonl":
-            with open(p, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{p}: line {n} is not valid JSON ({e.msg})") from e
-                    if not isinstance(row, dict) or self.text_column not in row:
-                        cols = sorted(row) if isinstance(row, dict) else type(row).__name__
-                        raise DataError(f"{p}: line {n} has no field {self.text_column!r} "
-                                        f"(it has {cols}); choose it with text_column")
-                    yield str(row[self.text_column])
+            for n, row in read_jsonl(p, [self.text_column], "choose it with text_column"):
+                yield str(row[self.text_column])
         else:
             import pyarrow.parquet as pq
 

@@ -17,7 +17,6 @@ sequences with one label each; the activations are then aggregated over position
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,13 +130,9 @@ def load_labelled_text(path: str | Path, model) -> ProbeDataset:
                                 f"{reader.fieldnames}")
             rows = [(r["text"], r["label"]) for r in reader]
     else:
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                    rows.append((r["text"], r["label"]))
-                except (json.JSONDecodeError, KeyError) as e:
-                    raise DataError(f"{path}:{i}: each line needs text and label ({e})") from e
+        from interp.data.sources import read_jsonl
+
+        rows = [(r["text"], r["label"]) for _, r in read_jsonl(path, ["text", "label"])]
     if not rows:
         raise DataError(f"{path} holds no examples")
     try:

@@ -191,9 +191,7 @@ class EndToEndObjective:
         if not cfg.model or not cfg.hook:
             raise DataError("an end-to-end SAE trains from tokens: give --model and --hook")
         self.cfg, self.ddp = cfg, ddp
-        self.model = load(cfg.model)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = load(cfg.model).requires_grad_(False)
         validate_hooks(self.model, [cfg.hook])
         self.hook = cfg.hook
         self.n_ctx = cfg.n_ctx or min(self.model.cfg.n_ctx, 128)
