@@ -93,6 +93,10 @@ def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
             return registry().get(spec.name, {})
         shutil.rmtree(spec.folder)
     store = work / f"{spec.model}-{spec.hook}"
+    if (store / "activations" / "manifest.json").exists() and not _store_is_current(store,
+                                                                                   spec.model):
+        print(f"{store} was harvested from another version of {spec.model}: harvesting again")
+        shutil.rmtree(store)
     if spec.arch not in ("e2e", "e2e+ds") and not (store / "activations" / "manifest.json").exists():
         harvest(HarvestConfig(model=spec.model, hooks=[spec.hook], out=str(store),
                               n_tokens=HARVEST_TOKENS[spec.model], batch_size=128))
@@ -115,6 +119,16 @@ def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
     reg[spec.name] = entry
     REGISTRY.write_text(json.dumps(dict(sorted(reg.items())), indent=2) + "\n")
     return entry
+
+
+def _store_is_current(store: Path, model_name: str) -> bool:
+    """Whether ``store`` holds activations of the model as it is now (its metadata)."""
+    from interp.activations.harvest import _model_meta
+    from interp.models import load
+
+    manifest = json.loads((store / "activations" / "manifest.json").read_text())
+    now = json.loads(json.dumps(_model_meta(load(model_name))))
+    return manifest.get("model_meta") == now
 
 
 def main(argv: list[str] | None = None) -> None:
