@@ -121,3 +121,26 @@ def test_probe_cli_compares_sources(tmp_path):
     assert set(res["sources"]) == {"hook:blocks.1.mlp.hook_post",
                                    "sae:pycode/blocks.2.hook_resid_post/topk"}
     assert out.with_suffix(".html").exists()
+
+
+def test_one_vs_rest_on_three_planted_classes():
+    from interp.probes.sparse import macro_average, one_vs_rest
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (1500,), generator=g)
+    x = torch.randn(1500, 50, generator=g)
+    for c, unit in enumerate((4, 20, 33)):
+        x[:, unit] += 3.0 * (y == c)
+    per = one_vs_rest(x, y, ks=(1,))
+    assert set(per) == {0, 1, 2}
+    assert [per[c][0].units for c in (0, 1, 2)] == [[4], [20], [33]]
+    avg = macro_average(per)
+    assert avg[0].test["f1"] == pytest.approx(np.mean([per[c][0].test["f1"] for c in per]))
+
+
+def test_multiclass_datasets():
+    from interp.probes.datasets import make_dataset
+
+    ds = make_dataset("othello-state-d4", 20)
+    assert set(ds.labels[ds.labels >= 0].tolist()) <= {0, 1, 2}
+    assert int(ds.labels.max()) == 2

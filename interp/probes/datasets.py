@@ -9,6 +9,8 @@ Built-in properties (``make_dataset``):
 - ``pycode-in-string``, ``pycode-in-comment``, ``pycode-keyword``, ``pycode-in-brackets``
   (bracket depth > 0), ``pycode-indented`` (indentation level > 0), ``pycode-indent-N``
   (level exactly N), on held-out code.
+- Multi-class (probed one class against the rest): ``othello-state-SQ`` (empty / mine /
+  theirs), ``pycode-indent-level`` (0, 1, 2, 3, 4 or more).
 
 User data: a ``.csv`` (columns ``text``, ``label``) or ``.jsonl`` (``{"text", "label"}``) of
 sequences with one label each; the activations are then aggregated over positions
@@ -44,8 +46,8 @@ class ProbeDataset:
 
 
 def builtin_names() -> list[str]:
-    return ([f"othello-{k}-SQ" for k in OTHELLO_KINDS] + [f"pycode-{p}" for p in PYCODE_PROPS]
-            + ["pycode-indent-N"])
+    return ([f"othello-{k}-SQ" for k in OTHELLO_KINDS + ("state",)]
+            + [f"pycode-{p}" for p in PYCODE_PROPS] + ["pycode-indent-N", "pycode-indent-level"])
 
 
 def make_dataset(name: str, n_contexts: int = 256, model=None) -> ProbeDataset:
@@ -62,7 +64,7 @@ def _othello(name: str, n: int) -> ProbeDataset:
     from interp.data import othello as oth
 
     parts = name.split("-")
-    if len(parts) != 3 or parts[1] not in OTHELLO_KINDS:
+    if len(parts) != 3 or parts[1] not in OTHELLO_KINDS + ("state",):
         raise unknown("othello property", name, [f"othello-{k}-SQ" for k in OTHELLO_KINDS])
     kind = parts[1]
     try:
@@ -72,7 +74,9 @@ def _othello(name: str, n: int) -> ProbeDataset:
     games = oth.generate_games(n, np.random.default_rng(PROBE_OTHELLO_SEED))
     t = 60
     tokens = torch.from_numpy(games.tokens(with_bos=True)[:, :t])
-    if kind in ("empty", "mine", "theirs"):
+    if kind == "state":
+        lab = games.board_state()[:, :, sq].astype(np.int64)
+    elif kind in ("empty", "mine", "theirs"):
         state = {"empty": oth.EMPTY, "mine": oth.MINE, "theirs": oth.THEIRS}[kind]
         lab = games.board_state()[:, :, sq] == state
     elif kind == "legal":
@@ -103,6 +107,8 @@ def _pycode(name: str, n: int, n_ctx: int = 64) -> ProbeDataset:
         y = lab.bracket_depth > 0
     elif prop == "indented":
         y = lab.indent_level > 0
+    elif prop == "indent-level":
+        y = np.minimum(lab.indent_level, 4)
     elif prop.startswith("indent-") and prop[7:].isdigit():
         y = lab.indent_level == int(prop[7:])
     else:
@@ -200,7 +206,7 @@ def probe_features(model, ds: ProbeDataset, source: str, saes: dict | None = Non
             ys.append(ds.labels[sel[:, 0], sel[:, 1]])
     x, y = torch.cat(feats).float(), torch.cat(ys)
     info = {"source": source, "hook": hook, "units": x.shape[1], "examples": len(y),
-            "positives": int(y.sum())}
+            "positives": int((y == 1).sum()), "classes": sorted(torch.unique(y).tolist())}
     return x, y, info
 
 
@@ -210,6 +216,10 @@ def _example_rows(ds: ProbeDataset, max_examples: int, seed: int) -> torch.Tenso
     if ds.per_sequence:
         return torch.zeros(0, 2, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
+    if int(ds.labels.max()) > 1:  # multi-class: a uniform sample of the labelled tokens
+        rows = torch.nonzero(ds.labels >= 0)
+        rows = rows[torch.randperm(len(rows), generator=g)[:max_examples]]
+        return rows[torch.argsort(rows[:, 0] * ds.labels.shape[1] + rows[:, 1])]
     pos = torch.nonzero(ds.labels == 1)
     neg = torch.nonzero(ds.labels == 0)
     if len(pos) == 0 or len(neg) == 0:

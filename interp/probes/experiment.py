@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from interp.probes.datasets import make_dataset, probe_features
-from interp.probes.sparse import K_DEFAULT, sparse_probe, train_test_split
+from interp.probes.sparse import (K_DEFAULT, macro_average, one_vs_rest, sparse_probe,
+                                  train_test_split)
 
 
 def compare_sources(model, dataset: str, sources: list[str], saes: dict | None = None,
@@ -25,15 +26,23 @@ def compare_sources(model, dataset: str, sources: list[str], saes: dict | None =
         t0 = time.time()
         x, y, info = probe_features(model, ds, source, saes, max_examples=max_examples,
                                     seed=seed)
-        split = split or train_test_split(y, 0.25, seed)
-        results = sparse_probe(x, y, ks=ks, method=method, split=split)
+        entry: dict = {"info": info}
+        if int(y.max()) > 1:  # several classes: one against the rest, macro-averaged
+            per_class = one_vs_rest(x, y, ks=ks, method=method, seed=seed)
+            results = macro_average(per_class)
+            entry["per_class"] = {str(c): [asdict(r) for r in rs] for c, rs in per_class.items()}
+            largest = None
+        else:
+            split = split or train_test_split(y, 0.25, seed)
+            results = sparse_probe(x, y, ks=ks, method=method, split=split)
+            largest = [r for r in results if r.k is not None][-1]  # the largest sparse probe
         info["seconds"] = time.time() - t0
-        largest = [r for r in results if r.k is not None][-1]  # the largest sparse probe
-        ranked = sorted(zip(largest.units, largest.weights), key=lambda p: -abs(p[1]))
-        out["sources"][source] = {
-            "info": info, "results": [asdict(r) for r in results],
-            "top_units": [{"unit": int(u), "weight": float(w)} for u, w in ranked[:top_units]],
-        }
+        entry["results"] = [asdict(r) for r in results]
+        if largest is not None:
+            ranked = sorted(zip(largest.units, largest.weights), key=lambda p: -abs(p[1]))
+            entry["top_units"] = [{"unit": int(u), "weight": float(w)}
+                                  for u, w in ranked[:top_units]]
+        out["sources"][source] = entry
     return out
 
 
@@ -42,11 +51,13 @@ def table(res: dict) -> str:
              f"held-out F1 / AUROC"]
     for source, r in res["sources"].items():
         info = r["info"]
+        classes = (f"{len(r['per_class'])} classes, one vs rest, macro-averaged"
+                   if "per_class" in r else f"{info['positives']} positive")
         lines.append(f"  {source}  ({info['units']} units, {info['examples']} examples, "
-                     f"{info['positives']} positive)")
+                     f"{classes})")
         for p in r["results"]:
             k = "dense" if p["k"] is None else f"k={p['k']}"
-            unit = f"  unit {p['units'][0]}" if p["k"] == 1 else ""
+            unit = f"  unit {p['units'][0]}" if p["k"] == 1 and p["units"] else ""
             lines.append(f"    {k:>7s}  F1 {p['test']['f1']:.3f}  acc "
                          f"{p['test']['accuracy']:.3f}  AUROC {p['test']['auroc']:.3f}{unit}")
     return "\n".join(lines)

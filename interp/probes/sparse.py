@@ -43,7 +43,7 @@ def check_xy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         raise DataError("no examples to probe")
     y = y.long()
     if set(torch.unique(y).tolist()) - {0, 1}:
-        raise DataError("binary labels must be 0/1 (use one_vs_rest for several classes)")
+        raise DataError("binary labels must be 0/1 (one_vs_rest probes several classes)")
     if int(y.sum()) in (0, len(y)):
         raise DataError(f"the labels hold a single class ({int(y[0])}); a probe needs both")
     return x, y
@@ -282,3 +282,29 @@ def _fit_eval(method, k, units, xtr, ytr, xte, yte) -> ProbeResult:
     return ProbeResult(method, k, units.tolist(), probe.raw_weights().tolist(),
                        test=metrics(probe.decision(xte), yte),
                        train=metrics(probe.decision(xtr), ytr))
+
+
+def one_vs_rest(x: torch.Tensor, y: torch.Tensor, ks=K_DEFAULT, method: str = "f_stat",
+                dense: bool = True, test_fraction: float = 0.25, seed: int = 0
+                ) -> dict[int, list[ProbeResult]]:
+    """Multi-class labels: a binary probe per class against the rest, on one stratified
+    split; {class: [ProbeResult per k]}."""
+    y = torch.as_tensor(y).long()
+    classes = torch.unique(y).tolist()
+    if len(classes) < 2:
+        raise DataError(f"the labels hold a single class ({classes}); a probe needs two")
+    split = train_test_split(y, test_fraction, seed)
+    return {c: sparse_probe(x, (y == c).long(), ks, method, dense, split=split)
+            for c in classes}
+
+
+def macro_average(per_class: dict[int, list[ProbeResult]]) -> list[ProbeResult]:
+    """Per k, the one-vs-rest probes' test and train metrics averaged over classes."""
+    runs = list(per_class.values())
+    out = []
+    for i, first in enumerate(runs[0]):
+        avg = lambda part: {m: float(np.mean([getattr(r[i], part)[m] for r in runs]))  # noqa: E731
+                            for m in first.test}
+        out.append(ProbeResult(first.method, first.k, [], [], test=avg("test"),
+                               train=avg("train")))
+    return out
