@@ -149,7 +149,8 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     task = make_task(args.task, model, n=args.prompts, metric=args.metric)
     cfg = CircuitConfig(method=args.method, patch=args.patch, steps=args.steps,
                         node_threshold=args.nodes, max_nodes=args.max_nodes,
-                        edge_threshold=args.edges, linear=args.linear, ablation=args.ablation)
+                        edge_threshold=args.edges, linear=args.linear, ablation=args.ablation,
+                        sum_positions=args.sum_positions)
     res = discover(spliced, task, cfg)
     g, f = res["graph"], res["faithfulness"]
     out = save_graph(g, args.out)
@@ -431,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nodes", type=float, default=0.0, help="node threshold on |effect|")
     c.add_argument("--max-nodes", type=int, default=100)
     c.add_argument("--edges", type=float, default=0.0, help="edge threshold on |effect|")
+    c.add_argument("--sum-positions", action="store_true",
+                   help="nodes are latents summed over positions (default: one per position)")
     c.add_argument("--linear", action="store_true",
                    help="edges with attention patterns and LayerNorm scales frozen")
     c.add_argument("--curve", type=lambda s: [int(v) for v in s.split(",")], default=None,

@@ -105,3 +105,30 @@ def test_pycode_tasks_and_jsonl(tmp_path):
                                 "wrong": ","}) + "\n")
     with pytest.raises(DataError, match="same number of tokens"):
         load_task_jsonl(path, model)
+
+
+def test_nodes_summed_over_positions(spliced, task):
+    from interp.circuits.attribution import ALL_POSITIONS
+    from interp.circuits.faithfulness import faithfulness
+
+    summed = node_attribution(spliced, task, sum_positions=True)
+    per_pos = node_attribution(spliced, task)
+    torch.testing.assert_close(summed[HOOK], per_pos[HOOK].sum(0))
+    top = top_nodes(summed, 5)
+    assert all(n.position == ALL_POSITIONS for n, _ in top)
+    node = top[0][0]
+    exact = exact_node_effects(spliced, task, [node])
+    patched = spliced.run(task.patch).hooks[HOOK]
+
+    def every_position(name, a, e):
+        if node.latent == 2048:
+            return a, patched.err
+        a = a.clone()
+        a[..., node.latent] = patched.acts[..., node.latent]
+        return a, e
+
+    clean = task.metric(spliced.run(task.clean).logits).mean()
+    hand = task.metric(spliced.run(task.clean, {HOOK: every_position}).logits).mean() - clean
+    assert float(exact[0]) == pytest.approx(float(hand), abs=1e-5)
+    everything = [Node(HOOK, ALL_POSITIONS, j) for j in range(2049)]
+    assert faithfulness(spliced, task, everything)["faithfulness"] == pytest.approx(1, abs=1e-4)

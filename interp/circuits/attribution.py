@@ -13,7 +13,8 @@ the mean over the clean prompts (per position).
 - exact: the metric with one node patched, one forward pass per node.
 
 Scores are tensors of shape (T, m + 1) per hook (positions kept separate; column m is the
-error node), or (m + 1,) with ``sum_positions=True``.
+error node), or (m + 1,) with ``sum_positions=True``, whose nodes sit at ``ALL_POSITIONS``
+(a latent or error at every position at once: patched, ablated and connected together).
 """
 from __future__ import annotations
 
@@ -30,14 +31,22 @@ PATCHES = ("counterfactual", "zero", "mean")
 METHODS = ("atp", "ig")
 
 
+ALL_POSITIONS = -1  # a node summed over positions
+
+
 @dataclass(frozen=True)
 class Node:
     hook: str
-    position: int
+    position: int        # ALL_POSITIONS: the latent (or error) at every position together
     latent: int          # == d_sae for the error node
 
     def is_error(self, d_sae: int) -> bool:
         return self.latent == d_sae
+
+    @property
+    def pos(self) -> int | slice:
+        """An index into the position axis."""
+        return slice(None) if self.position == ALL_POSITIONS else self.position
 
 
 def _batches(n: int, batch_size: int) -> Iterable[slice]:
@@ -149,10 +158,10 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
             def swap(name, a, e, node=node, pa=pa, pe=pe, d_sae=d_sae):
                 if node.is_error(d_sae):
                     e = e.clone()
-                    e[:, node.position] = pe[:, node.position]
+                    e[:, node.pos] = pe[:, node.pos]
                 else:
                     a = a.clone()
-                    a[:, node.position, node.latent] = pa[:, node.position, node.latent]
+                    a[:, node.pos, node.latent] = pa[:, node.pos, node.latent]
                 return a, e
 
             res = spliced.run(task.clean[rows], {node.hook: swap})
@@ -161,14 +170,15 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
 
 
 def top_nodes(scores: dict[str, torch.Tensor], n: int) -> list[tuple[Node, float]]:
-    """The n nodes with the largest |score| (positions kept separate)."""
+    """The n nodes with the largest |score|; scores summed over positions give nodes at
+    ``ALL_POSITIONS``."""
     flat = []
     for h, s in scores.items():
-        if s.ndim != 2:
-            raise DataError("top_nodes needs scores with positions kept separate")
-        vals, idx = s.abs().flatten().topk(min(n, s.numel()))
-        d1 = s.shape[1]
-        flat += [(Node(h, int(i) // d1, int(i) % d1), float(s.flatten()[i])) for i in idx]
+        s2 = s if s.ndim == 2 else s[None]
+        vals, idx = s2.abs().flatten().topk(min(n, s2.numel()))
+        d1 = s2.shape[1]
+        flat += [(Node(h, int(i) // d1 if s.ndim == 2 else ALL_POSITIONS, int(i) % d1),
+                  float(s2.flatten()[i])) for i in idx]
     flat.sort(key=lambda p: -abs(p[1]))
     return flat[:n]
 
@@ -242,9 +252,9 @@ def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
                 ga, ge = node_grad[down]
                 sd = states[down]
                 if d.is_error(spliced.saes[down].cfg.d_sae):
-                    target = (ge[:, d.position] * sd.err[:, d.position]).sum()
+                    target = (ge[:, d.pos] * sd.err[:, d.pos]).sum()
                 else:
-                    target = (ga[:, d.position, d.latent] * sd.acts[:, d.position, d.latent]).sum()
+                    target = (ga[:, d.pos, d.latent] * sd.acts[:, d.pos, d.latent]).sum()
                 if not target.requires_grad:
                     continue  # an inactive latent: no path back
                 ja, je = torch.autograd.grad(target, [states[up].acts, states[up].err],
@@ -265,7 +275,7 @@ def _node_value(spliced: SplicedModel, node: Node, grads, deltas) -> float:
     if node.is_error(spliced.saes[node.hook].cfg.d_sae):
         if ge is None:
             return 0.0
-        return float((ge[:, node.position] * de[:, node.position]).sum())
+        return float((ge[:, node.pos] * de[:, node.pos]).sum())
     if ga is None:
         return 0.0
-    return float((ga[:, node.position, node.latent] * da[:, node.position, node.latent]).sum())
+    return float((ga[:, node.pos, node.latent] * da[:, node.pos, node.latent]).sum())

@@ -25,6 +25,7 @@ class CircuitConfig:
     max_nodes: int = 100            # ... at most this many (largest |effect| first)
     edge_threshold: float = 0.0
     linear: bool = False            # edges with attention patterns and LN scales frozen
+    sum_positions: bool = False     # nodes are latents over all positions together
     ablate_errors: bool = True      # faithfulness: ablate error nodes outside the circuit
     ablation: str | None = None     # faithfulness: counterfactual (default if any) or mean
 
@@ -62,7 +63,7 @@ def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None
     cfg = cfg or CircuitConfig()
     t0 = time.time()
     scores = node_attribution(spliced, task, method=cfg.method, patch=cfg.patch,
-                              steps=cfg.steps)
+                              steps=cfg.steps, sum_positions=cfg.sum_positions)
     ranked = [(n, s) for n, s in top_nodes(scores, cfg.max_nodes)
               if abs(s) >= cfg.node_threshold]
     if not ranked:
@@ -99,9 +100,9 @@ def _mean_activations(spliced: SplicedModel, task: Task, nodes) -> dict:
     for n in nodes:
         st = res.hooks[n.hook]
         if n.is_error(spliced.saes[n.hook].cfg.d_sae):
-            out[n] = float(st.err[:, n.position].norm(dim=-1).mean())
+            out[n] = float(st.err[:, n.pos].norm(dim=-1).mean())
         else:
-            out[n] = float(st.acts[:, n.position, n.latent].mean())
+            out[n] = float(st.acts[:, n.pos, n.latent].mean())
     return out
 
 

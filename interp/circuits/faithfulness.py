@@ -26,7 +26,7 @@ def _masks(spliced: SplicedModel, nodes, t: int, complement: bool = False
     masks = {h: torch.zeros(t, spliced.saes[h].cfg.d_sae + 1, dtype=torch.bool)
              for h in spliced.hooks}
     for n in nodes:
-        masks[n.hook][n.position, n.latent] = True
+        masks[n.hook][n.pos, n.latent] = True
     if complement:
         masks = {h: ~m for h, m in masks.items()}
     return masks

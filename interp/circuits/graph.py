@@ -14,14 +14,15 @@ from pathlib import Path
 
 import networkx as nx
 
-from interp.circuits.attribution import OUTPUT, Edge, Node
+from interp.circuits.attribution import ALL_POSITIONS, OUTPUT, Edge, Node
 from interp.errors import CorruptArtifactError
 
 FORMAT = "interp-circuit/1"
 
 
 def node_key(node: Node, d_sae: int) -> str:
-    return f"{node.hook}|{node.position}|{'err' if node.is_error(d_sae) else node.latent}"
+    pos = "all" if node.position == ALL_POSITIONS else node.position
+    return f"{node.hook}|{pos}|{'err' if node.is_error(d_sae) else node.latent}"
 
 
 def _layer(hook: str) -> int:
