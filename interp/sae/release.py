@@ -56,9 +56,8 @@ RELEASE: list[ReleaseSpec] = [
     ReleaseSpec("othello", OTHELLO_HOOK, "relu", lr=1e-3, options={"l1_coeff": 2.0}),
     ReleaseSpec("othello", OTHELLO_HOOK, "jumprelu", lr=1e-3, options={"l0_coeff": 0.01}),
     ReleaseSpec("othello", OTHELLO_HOOK, "e2e", steps=300, batch_size=2360, lr=2e-3),
-    # more layers of the residual stream, for circuits across layers
+    # another layer of the residual stream, for circuits across layers
     ReleaseSpec("othello", "blocks.1.hook_resid_post", "topk"),
-    ReleaseSpec("othello", "blocks.5.hook_resid_post", "topk"),
     ReleaseSpec("pycode", PYCODE_HOOK, "topk"),
     ReleaseSpec("pycode", PYCODE_HOOK, "hierarchical_topk", k=32),
 ]
