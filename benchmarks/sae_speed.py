@@ -22,8 +22,8 @@ minus the RSS at that point, i.e. what a step allocates beyond weights, optimize
 
 Quality (``--quality-steps``): each contender trains that many steps on the same batches of a
 real store (the embedded othello model's blocks.3.hook_resid_post, d=128; harvested into
-runs/bench/ if missing), each with its own default learning rate, and reports FVU on held-out
-rows. Inputs are scaled so that E||x||^2 = d_in, as our trainer does.
+runs/bench/ if missing), each with its own default learning rate (and its warm-up, capped at
+a tenth of the run), and reports FVU on held-out rows. Inputs are scaled so that E||x||^2 = d_in, as our trainer does.
 """
 from __future__ import annotations
 
@@ -80,7 +80,10 @@ def make(name: str, d: int, m: int, k: int, batch: int, total_steps: int = 10_00
         return make_ours(d, m, k, batch)
     if name == "ours-dense":
         return make_ours(d, m, k, batch, sparse=False)
-    return peers.make_step(name, d, m, k, batch, total_steps=total_steps)
+    # a short run: each peer's warm-up capped at a tenth of it (dictionary_learning's
+    # default of 1,000 steps must be shorter than the run)
+    return peers.make_step(name, d, m, k, batch, total_steps=total_steps,
+                           warmup_steps=min(1000, total_steps // 10))
 
 
 def contenders(include_dense: bool = True) -> list[str]:

@@ -346,12 +346,13 @@ def build(extra_flags: tuple[str, ...] = ()):
     bin_dir = os.path.dirname(sys.executable)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    flags = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+    # -fopenmp: at::parallel_for runs on torch's thread pool only when compiled with OpenMP
+    flags = ["-O3", "-fno-math-errno", "-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-march=native")
     flags += list(extra_flags)
     return load_inline(name=f"interp_sparse_{_cpu_tag(flags)}", cpp_sources=[_CPP],
-                       extra_cflags=flags, verbose=False)
+                       extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def extension():
