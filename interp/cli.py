@@ -180,7 +180,7 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
         from interp.circuits.faithfulness import faithfulness_curve
 
         scores = node_attribution(spliced, task, method=args.method, patch=args.patch,
-                                  steps=args.steps)
+                                  steps=args.steps, sum_positions=args.sum_positions)
         ranked = [n for n, _ in top_nodes(scores, max(args.curve))]
         curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve),
                                    ablation=args.ablation)
