@@ -158,3 +158,33 @@ def test_probes_on_builtin_pycode_properties_reach_stated_scores():
         x, y, _ = probe_features(model, ds, "hook:blocks.1.mlp.hook_post", max_examples=5000)
         res = {r.k: r.test["f1"] for r in sparse_probe(x, y, ks=(1, 64))}
         assert res[None] > dense_f1 and res[64] > k64_f1 and res[1] < res[64], (prop, res)
+
+
+def test_user_token_spans_and_sequence_labels(tmp_path):
+    import json
+
+    from interp.models import load
+    from interp.probes.datasets import make_dataset, probe_features
+
+    model = load("pycode")
+    lines = []
+    for i in range(60):
+        text = f"x{i} = foo({i})  # note {i}\n"
+        start = text.index("#")
+        lines.append(json.dumps({"text": text, "spans": [[start, len(text) - 1]]}))
+    path = tmp_path / "comments.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    ds = make_dataset(str(path), model=model)
+    assert ds.labels.ndim == 2 and (ds.labels[:, 0] == -1).all()
+    enc = model.tokenizer("x0 = foo(0)  # note 0\n", return_offsets_mapping=True,
+                          add_special_tokens=False)
+    first_comment = next(j for j, (s, e) in enumerate(enc["offset_mapping"]) if s >= 12)
+    assert ds.labels[0, 1 + first_comment] == 1 and ds.labels[0, 1] == 0
+    x, y, _ = probe_features(model, ds, "hook:blocks.1.mlp.hook_post")
+    assert 0 < int(y.sum()) < len(y)
+    seq = tmp_path / "seq.csv"
+    seq.write_text("text,label\n" + "".join(f"def f{i}(x): return x,{i % 2}\n" for i in range(20)))
+    ds2 = make_dataset(str(seq), model=model)
+    assert ds2.per_sequence and ds2.labels.tolist() == [i % 2 for i in range(20)]
+    x2, y2, _ = probe_features(model, ds2, "hook:blocks.1.mlp.hook_post")
+    assert x2.shape == (20, 512)

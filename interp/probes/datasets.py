@@ -14,7 +14,8 @@ Built-in properties (``make_dataset``):
 
 User data: a ``.csv`` (columns ``text``, ``label``) or ``.jsonl`` (``{"text", "label"}``) of
 sequences with one label each; the activations are then aggregated over positions
-(``aggregate="mean"`` or ``"max"``).
+(``aggregate="mean"`` or ``"max"``). Or token-level: ``.jsonl`` lines ``{"text", "spans":
+[[start, end], ...]}`` (character offsets): a token is positive when it overlaps a span.
 """
 from __future__ import annotations
 
@@ -127,6 +128,12 @@ def load_labelled_text(path: str | Path, model) -> ProbeDataset:
         raise DataError(f"no labelled-text file at {path}")
     if model is None or getattr(model, "tokenizer", None) is None:
         raise DataError("labelled text needs a model with a tokenizer (--model)")
+    if path.suffix == ".jsonl":
+        from interp.data.sources import read_jsonl
+
+        first = next(read_jsonl(path), (0, {}))[1]
+        if "spans" in first:
+            return _token_spans(path, model)
     rows = []
     if path.suffix == ".csv":
         with open(path, newline="") as f:
@@ -155,6 +162,36 @@ def load_labelled_text(path: str | Path, model) -> ProbeDataset:
     ds = ProbeDataset(path.stem, None, tokens, labels, f"labelled text from {path.name}")
     ds.lengths = lengths  # type: ignore[attr-defined]
     return ds
+
+
+def _token_spans(path: Path, model) -> ProbeDataset:
+    """Token-level labels from character spans, with the tokenizer's offsets."""
+    from interp.data.sources import read_jsonl
+
+    tok = model.tokenizer
+    bos = tok.bos_token_id if tok.bos_token_id is not None else 0
+    seqs, labs = [], []
+    for n, row in read_jsonl(path, ["text", "spans"], "token-level lines need text and spans"):
+        try:
+            spans = [(int(a), int(b)) for a, b in row["spans"]]
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: line {n}: spans must be [[start, end], ...] character "
+                            f"offsets") from None
+        enc = tok(row["text"], return_offsets_mapping=True, add_special_tokens=False)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        lab = [int(any(s < e and a < e and s < b for a, b in spans)) for s, e in offsets]
+        seqs.append([bos] + ids)
+        labs.append([-1] + lab)
+    if not seqs:
+        raise DataError(f"{path} holds no examples")
+    t = min(max(len(s) for s in seqs), model.cfg.n_ctx)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    tokens = torch.full((len(seqs), t), pad, dtype=torch.long)
+    labels = torch.full((len(seqs), t), -1, dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(seqs, labs)):
+        tokens[i, :min(len(s), t)] = torch.tensor(s[:t])
+        labels[i, :min(len(lab), t)] = torch.tensor(lab[:t])
+    return ProbeDataset(path.stem, None, tokens, labels, f"token spans from {path.name}")
 
 
 # ------------------------------------------------------------------ activations
