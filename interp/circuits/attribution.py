@@ -76,17 +76,22 @@ class PatchValues:
             self.means = {h: (a / len(task), e / len(task)) for h, (a, e) in sums.items()}
 
     @torch.no_grad()
-    def values(self, rows: slice, clean_states) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def values(self, rows: slice) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{hook: (acts (n, T, m), err (n, T, d))} for the prompts ``rows`` (zero and mean
+        values are broadcast views, not copies)."""
         if self.kind == "counterfactual":
             res = self.spliced.run(self.task.patch[rows])
             return {h: (st.acts, st.err) for h, st in res.hooks.items()}
+        n = len(range(len(self.task))[rows])
+        t = self.task.clean.shape[1]
         out = {}
-        for h, st in clean_states.items():
+        for h, sae in self.spliced.saes.items():
             if self.kind == "zero":
-                out[h] = (torch.zeros_like(st.acts), torch.zeros_like(st.err))
+                zero = torch.zeros(())
+                out[h] = (zero.expand(n, t, sae.cfg.d_sae), zero.expand(n, t, sae.cfg.d_in))
             else:
                 a, e = self.means[h]
-                out[h] = (a.expand_as(st.acts), e.expand_as(st.err))
+                out[h] = (a.expand(n, *a.shape), e.expand(n, *e.shape))
         return out
 
 
@@ -105,8 +110,7 @@ def node_attribution(spliced: SplicedModel, task: Task, method: str = "atp",
     patches = PatchValues(spliced, task, patch)
     scores = _empty_scores(spliced, t)
     for rows in _batches(n, batch_size):
-        clean = spliced.run(task.clean[rows])
-        patch_vals = patches.values(rows, clean.hooks)
+        patch_vals = patches.values(rows)
         if method == "atp":
             res = spliced.run(task.clean[rows], track_grads=True)
             (task.metric(res.logits, rows).sum() / n).backward()
@@ -115,6 +119,7 @@ def node_attribution(spliced: SplicedModel, task: Task, method: str = "atp",
                 _add_scores(scores[h], st.acts.grad, pa - st.acts.detach(), st.err.grad,
                             pe - st.err.detach())
         else:
+            clean = spliced.run(task.clean[rows])
             for h in spliced.hooks:
                 ca, ce = clean.hooks[h].acts, clean.hooks[h].err
                 pa, pe = patch_vals[h]
@@ -148,9 +153,8 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
     patches = PatchValues(spliced, task, patch)
     effects = torch.zeros(len(nodes), dtype=torch.float64)
     for rows in _batches(n, batch_size):
-        clean = spliced.run(task.clean[rows])
-        base = task.metric(clean.logits, rows).sum()
-        patch_vals = patches.values(rows, clean.hooks)
+        base = task.metric(spliced.run(task.clean[rows]).logits, rows).sum()
+        patch_vals = patches.values(rows)
         for i, node in enumerate(nodes):
             pa, pe = patch_vals[node.hook]
             d_sae = spliced.saes[node.hook].cfg.d_sae
@@ -228,12 +232,11 @@ def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
     node_scores: dict[Node, float] = {n: 0.0 for n in nodes}
     hooks = spliced.hooks
     for rows in _batches(n_prompts, batch_size):
-        clean = spliced.run(task.clean[rows])
-        deltas = {h: (pa - clean.hooks[h].acts, pe - clean.hooks[h].err)
-                  for h, (pa, pe) in patches.values(rows, clean.hooks).items()}
         res = spliced.run(task.clean[rows], graph=True, linear=linear)
         metric = task.metric(res.logits, rows).sum() / n_prompts
         states = res.hooks
+        deltas = {h: (pa - states[h].acts.detach(), pe - states[h].err.detach())
+                  for h, (pa, pe) in patches.values(rows).items()}
         leaves = [t for h in hooks for t in (states[h].acts, states[h].err)]
         grads = torch.autograd.grad(metric, leaves, retain_graph=True, allow_unused=True)
         node_grad = {h: (grads[2 * i], grads[2 * i + 1]) for i, h in enumerate(hooks)}

@@ -41,7 +41,7 @@ def ablated_metric(spliced: SplicedModel, task: Task, masks: dict[str, torch.Ten
     for rows in _batches(len(task), batch_size):
         interventions = {}
         if masks is not None:
-            patch = values.values(rows, spliced.run(task.clean[rows]).hooks)
+            patch = values.values(rows)
             for h in spliced.hooks:
                 keep = masks[h]
                 pa, pe = patch[h]

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interp.data.pycode import BOS_TOKEN
 from interp.errors import DataError, unknown
 
 METRICS = ("logit_diff", "logprob")
@@ -114,7 +115,7 @@ def othello_legal(n: int = 64, n_moves: int = 20, seed: int = 0) -> Task:
 
 
 # ------------------------------------------------------------------ pycode
-def _pycode_stream(model) -> tuple[np.ndarray, object]:
+def _pycode_stream() -> tuple[np.ndarray, object]:
     from interp.data import pycode
     from interp.models.zoo import model_dir
 
@@ -123,8 +124,8 @@ def _pycode_stream(model) -> tuple[np.ndarray, object]:
 
 
 def _pycode_task(name: str, model, n: int, n_ctx: int, find) -> Task:
-    stream, tok = _pycode_stream(model)
-    ids = {s: tok.token_to_id(s) for s in ("(", ")", "):", "Ġ", "Ċ", pycode_bos())}
+    stream, tok = _pycode_stream()
+    ids = {s: tok.token_to_id(s) for s in ("(", ")", "):", "Ġ", "Ċ", BOS_TOKEN)}
     if None in ids.values():
         raise DataError("the pycode tokenizer lacks a token this task needs")
     clean, patch, answer, wrong = [], [], [], []
@@ -135,7 +136,7 @@ def _pycode_task(name: str, model, n: int, n_ctx: int, find) -> Task:
             continue
         window = stream[i - body:i].astype(np.int64)
         pat, ans, wr = found
-        c = np.concatenate([[ids[pycode_bos()]], window])
+        c = np.concatenate([[ids[BOS_TOKEN]], window])
         p = c.copy()
         for pos, new in pat:  # positions relative to the window's end (i)
             p[n_ctx - (i - pos)] = new
@@ -146,12 +147,6 @@ def _pycode_task(name: str, model, n: int, n_ctx: int, find) -> Task:
         raise DataError(f"only {len(clean)} {name} prompts in the held-out code (asked for {n})")
     t = lambda v: torch.tensor(np.array(v), dtype=torch.long)  # noqa: E731
     return Task(name, t(clean), t(patch), t(answer), t(wrong))
-
-
-def pycode_bos() -> str:
-    from interp.data.pycode import BOS_TOKEN
-
-    return BOS_TOKEN
 
 
 def pycode_bracket(model=None, n: int = 64, n_ctx: int = 32) -> Task:

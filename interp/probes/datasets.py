@@ -152,16 +152,26 @@ def load_labelled_text(path: str | Path, model) -> ProbeDataset:
         labels = torch.tensor([int(float(lbl)) for _, lbl in rows])
     except ValueError as e:
         raise DataError(f"{path}: labels must be 0 or 1 ({e})") from e
-    toks = [model.to_tokens(t, prepend_bos=True)[0] for t, _ in rows]
-    t = min(max(len(x) for x in toks), model.cfg.n_ctx)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(toks), t), pad, dtype=torch.long)
-    lengths = torch.tensor([min(len(x), t) for x in toks])
-    for i, x in enumerate(toks):
-        tokens[i, :lengths[i]] = x[:t]
+    toks = [model.to_tokens(t, prepend_bos=True)[0].tolist() for t, _ in rows]
+    tokens, lengths = _pad(toks, model, _pad_id(model))
     ds = ProbeDataset(path.stem, None, tokens, labels, f"labelled text from {path.name}")
     ds.lengths = lengths  # type: ignore[attr-defined]
     return ds
+
+
+def _pad_id(model) -> int:
+    pad = model.tokenizer.pad_token_id
+    return pad if pad is not None else 0
+
+
+def _pad(seqs: list[list[int]], model, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) rows right-padded with ``fill`` and cut at the model's n_ctx; their lengths."""
+    t = min(max(len(s) for s in seqs), model.cfg.n_ctx)
+    out = torch.full((len(seqs), t), fill, dtype=torch.long)
+    lengths = torch.tensor([min(len(s), t) for s in seqs])
+    for i, s in enumerate(seqs):
+        out[i, :lengths[i]] = torch.tensor(s[:t], dtype=torch.long)
+    return out, lengths
 
 
 def _token_spans(path: Path, model) -> ProbeDataset:
@@ -184,13 +194,8 @@ def _token_spans(path: Path, model) -> ProbeDataset:
         labs.append([-1] + lab)
     if not seqs:
         raise DataError(f"{path} holds no examples")
-    t = min(max(len(s) for s in seqs), model.cfg.n_ctx)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    tokens = torch.full((len(seqs), t), pad, dtype=torch.long)
-    labels = torch.full((len(seqs), t), -1, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labs)):
-        tokens[i, :min(len(s), t)] = torch.tensor(s[:t])
-        labels[i, :min(len(lab), t)] = torch.tensor(lab[:t])
+    tokens, _ = _pad(seqs, model, _pad_id(model))
+    labels, _ = _pad(labs, model, -1)
     return ProbeDataset(path.stem, None, tokens, labels, f"token spans from {path.name}")
 
 
