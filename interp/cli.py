@@ -263,6 +263,29 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
     print(f"last position, probability down: {names(rep.top_down[:args.top])}")
 
 
+def _cmd_features(args: argparse.Namespace) -> None:
+    from interp.features import FeatureConfig, FeatureStore, build_for_run
+
+    try:
+        before, _, after = args.window.partition(",")
+        window = (int(before), int(after or 0))
+    except ValueError:
+        raise SystemExit(f"error: --window takes BEFORE,AFTER (tokens), got {args.window!r}")
+    cfg = FeatureConfig(n_tokens=args.tokens, top_n=args.top, window=window,
+                        batch_size=args.batch, quantile_bins=args.quantile_bins,
+                        samples_per_bin=args.samples, top_tokens=args.top_tokens,
+                        n_ctx=args.n_ctx, seed=args.seed, device=args.device)
+    t0 = time.time()
+    out = build_for_run(args.run, args.sae, cfg, out=args.out, source=args.source)
+    with FeatureStore(out) as fs:
+        s = fs.summary()
+    dt = time.time() - t0
+    alive = s["d_sae"] - s["dead"]
+    print(f"{s['n_tokens']:,} tokens, {s['d_sae']:,} latents ({alive:,} fired, {s['dead']:,} "
+          f"never) in {dt:.1f}s ({s['n_tokens'] / dt:,.0f} tok/s)")
+    print(f"feature store: {out}")
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
     from interp.sae.release import registry
 
@@ -486,6 +509,38 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--model", default=None)
     ab.add_argument("--top", type=int, default=5)
     ab.set_defaults(func=_cmd_ablate)
+
+    fe = sub.add_parser("features", help="build the feature store of an SAE",
+                        description="Stream tokens of the run's source through its model and "
+                        "the SAE, and record for every latent: top activating contexts (a "
+                        "token window with the latent's activation at each token), samples "
+                        "from each interval of its max activation, an activation histogram, "
+                        "firing density, mean and max, logit effects (decoder row through "
+                        "the unembedding) and the tokens it fires on; written to one DuckDB "
+                        "file (default RUN/features/<sae>.duckdb). Query it with "
+                        "interp.features.FeatureStore.")
+    fe.add_argument("--run", default=None, help="run folder (its model and token source); "
+                    "optional for a shipped SAE with --out")
+    fe.add_argument("--sae", required=True, help="SAE folder, shipped SAE name (see `interp "
+                    "saes`), or a folder name under RUN/saes/")
+    fe.add_argument("--tokens", type=int, required=True, help="tokens to stream")
+    fe.add_argument("--top", type=int, default=20, help="top activating examples per latent")
+    fe.add_argument("--window", default="12,4", help="tokens shown before,after the "
+                    "activating token (default 12,4)")
+    fe.add_argument("--batch", type=int, default=64, help="contexts per forward pass")
+    fe.add_argument("--quantile-bins", type=int, default=10,
+                    help="intervals of the max activation to sample from")
+    fe.add_argument("--samples", type=int, default=3, help="samples kept per interval")
+    fe.add_argument("--top-tokens", type=int, default=20,
+                    help="per latent: tokens it fires on most, and logit effects kept")
+    fe.add_argument("--source", default=None, help="token source (default: the run's)")
+    fe.add_argument("--n-ctx", type=int, default=None, help="context length (default: the "
+                    "run's)")
+    fe.add_argument("--seed", type=int, default=0, help="seed of the interval sampling")
+    fe.add_argument("--device", default="cpu")
+    fe.add_argument("--out", default=None, help="the .duckdb file (default "
+                    "RUN/features/<sae>.duckdb)")
+    fe.set_defaults(func=_cmd_features)
 
     r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
                        description="List the registry of SAEs this project trained on its "
