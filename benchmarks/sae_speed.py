@@ -51,12 +51,12 @@ QUALITY_HOOK = "blocks.3.hook_resid_post"
 # ------------------------------------------------------------------ contenders
 def make_ours(d: int, m: int, k: int, batch: int, sparse: bool = True, lr: float | None = None):
     from interp.sae.core import SAEConfig, SparseAutoencoder
-    from interp.sae.trainer import TrainConfig, apply_gradients
+    from interp.sae.trainer import SAEAdam, TrainConfig, apply_gradients
 
     cfg = TrainConfig(store="-", out="-", d_sae=m, k=k, batch_size=batch)
     sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, arch="topk", k=k), sparse_kernels=sparse)
     sae.train()
-    opt = torch.optim.Adam(sae.parameters(), lr=lr or cfg.learning_rate(), betas=cfg.betas)
+    opt = SAEAdam(sae, lr=lr or cfg.learning_rate(), betas=cfg.betas)
     since_fired = torch.zeros(m, dtype=torch.long)
     state = {"step": 0}
 

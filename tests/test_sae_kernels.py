@@ -159,3 +159,38 @@ def test_portable_build_without_avx512_gives_the_same_topk():
     v, i = portable.topk_rows(z, bias, 20)
     torch.testing.assert_close(v.sort(1, descending=True).values, (z + bias).topk(20).values)
     torch.testing.assert_close((z + bias).gather(1, i), v)
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_sae_adam_equals_torch_adam_with_projection_and_renorm(arch):
+    """SAEAdam (fused kernel, and its torch fallback) takes the same steps as torch's Adam
+    between remove_parallel_grad and normalize_decoder, over several steps."""
+    from interp.sae.trainer import SAEAdam
+
+    cfg = SAEConfig(d_in=D, d_sae=M, arch=arch, k=4)
+    x = torch.randn(B, D)
+    saes = [SparseAutoencoder(cfg) for _ in range(3)]
+    for s in saes[1:]:
+        s.load_state_dict(saes[0].state_dict())
+    reference = torch.optim.Adam(saes[0].parameters(), lr=1e-2, betas=(0.9, 0.999))
+    fused, fallback = (SAEAdam(s, lr=1e-2, betas=(0.9, 0.999)) for s in saes[1:])
+    for _ in range(4):
+        for s, opt in zip(saes, (reference, fused, fallback)):
+            opt.zero_grad()
+            s.loss(x)[0].backward()
+            if opt is reference:
+                s.remove_parallel_grad()
+                opt.step()
+                s.normalize_decoder()
+            elif opt is fused:
+                opt.step()
+            else:
+                torch_only(opt.step)
+    for s in saes[1:]:
+        for (name, a), b in zip(saes[0].named_parameters(), s.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    if arch == "topk":
+        norms = saes[1].W_dec.norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    # checkpoints interchange with torch's Adam
+    reference.load_state_dict(fused.state_dict())

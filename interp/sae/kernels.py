@@ -15,6 +15,8 @@ op                  computes                           used for
                     (less a shift, e.g. b_dec)
 ``hierarchical``    mean over k' of the top-k' MSE,    HierarchicalTopK's loss in one pass,
                     with its gradients                 never forming the (B, K, d) prefixes
+``adam``            one Adam update, optionally with   the optimizer step in one pass; the
+                    rows kept at unit norm             decoder's sphere constraint folded in
 =================== ================================== =====================================
 
 Each op has a C++ kernel (``at::parallel_for``; compiled once per machine on first use
@@ -26,6 +28,7 @@ Set ``INTERP_SPARSE_KERNELS=torch`` to force the fallbacks.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import sys
@@ -314,12 +317,58 @@ std::vector<Tensor> hierarchical(Tensor x0, Tensor v, Tensor idx, Tensor w, bool
   return {loss, dot_parts.sum(0), grad_w, grad_x0};
 }
 
+// Adam on a parameter in one pass (torch.optim.Adam's arithmetic, no weight decay). With
+// unit_rows the parameter's rows live on the unit sphere: the gradient's component along
+// each row is projected out first and the row is renormalised after its update, all while
+// the row is in cache. Rows are independent, so they are split across threads.
+void adam(Tensor p, Tensor g, Tensor m, Tensor v, double lr, double beta1, double beta2,
+          double eps, double bias_c1, double bias_c2, bool unit_rows) {
+  for (auto* t : {&p, &g, &m, &v}) check(*t, "adam tensors", torch::kFloat);
+  TORCH_CHECK(g.numel() == p.numel() && m.numel() == p.numel() && v.numel() == p.numel());
+  TORCH_CHECK(!unit_rows || p.dim() == 2, "unit_rows needs a 2-D parameter");
+  const int64_t n = p.numel();
+  const int64_t cols = unit_rows ? p.size(1) : std::min<int64_t>(n, 4096);
+  const int64_t rows = cols == 0 ? 0 : (n + cols - 1) / cols;
+  float* P = p.data_ptr<float>(); const float* G = g.data_ptr<float>();
+  float* M = m.data_ptr<float>(); float* V = v.data_ptr<float>();
+  const float b1 = 1.f - (float)beta1, b2 = (float)beta2, nb2 = 1.f - (float)beta2;
+  const float step = (float)(lr / bias_c1), sqrt_c2 = (float)std::sqrt(bias_c2);
+  const float e = (float)eps;
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t lo = r * cols, len = std::min(cols, n - lo);
+      float* pr = P + lo; const float* gr = G + lo; float* mr = M + lo; float* vr = V + lo;
+      float dot = 0.f;
+      if (unit_rows) {
+#pragma omp simd reduction(+:dot)
+        for (int64_t t = 0; t < len; ++t) dot += gr[t] * pr[t];
+      }
+      float sq = 0.f;
+#pragma omp simd reduction(+:sq)
+      for (int64_t t = 0; t < len; ++t) {
+        const float gt = gr[t] - dot * pr[t];
+        const float mt = mr[t] + b1 * (gt - mr[t]);
+        const float vt = b2 * vr[t] + nb2 * gt * gt;
+        mr[t] = mt; vr[t] = vt;
+        const float pt = pr[t] - step * mt / (std::sqrt(vt) / sqrt_c2 + e);
+        pr[t] = pt; sq += pt * pt;
+      }
+      if (unit_rows) {
+        const float inv = 1.f / std::max(std::sqrt(sq), 1e-8f);
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) pr[t] *= inv;
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("topk_rows", &topk_rows);
   m.def("decode", &decode);
   m.def("gather_dot", &gather_dot);
   m.def("scatter_rows", &scatter_rows);
   m.def("hierarchical", &hierarchical);
+  m.def("adam", &adam);
 }
 """
 
@@ -436,3 +485,25 @@ def hierarchical(x0: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
             return loss.detach()
         gv, gw, gx = torch.autograd.grad(loss, (v_, w_, x0_))
     return loss.detach(), gv, gw, gx
+
+
+def adam(p: torch.Tensor, g: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *,
+         lr: float, betas: tuple[float, float], eps: float, step: int,
+         unit_rows: bool = False) -> None:
+    """In place: torch.optim.Adam's update of ``p`` (step counted from 1, no weight decay).
+
+    ``unit_rows``: the rows of ``p`` are unit vectors; the gradient's component along each
+    row is removed before the update and each row is renormalised after it.
+    """
+    (beta1, beta2), c1, c2 = betas, 1 - betas[0] ** step, 1 - betas[1] ** step
+    if _native(p, g, exp_avg, exp_avg_sq) and all(
+            t.is_contiguous() for t in (p, g, exp_avg, exp_avg_sq)):
+        extension().adam(p, g, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, c1, c2, unit_rows)
+        return
+    if unit_rows:
+        g = g - torch.linalg.vecdot(g, p).unsqueeze(1) * p
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    p.addcdiv_(exp_avg, (exp_avg_sq.sqrt() / math.sqrt(c2)).add_(eps), value=-lr / c1)
+    if unit_rows:
+        p.div_(torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp_min(1e-8))

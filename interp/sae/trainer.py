@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from interp.activations.harvest import open_store
 from interp.errors import CorruptArtifactError, DataError, unknown
+from interp.sae import kernels
 from interp.sae.core import TOPK_FAMILY, SAEConfig, SparseAutoencoder
 from interp.sae.evaluate import reconstruction_metrics
 from interp.sae.io import save_sae
@@ -289,6 +290,36 @@ def encoder_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+class SAEAdam(torch.optim.Adam):
+    """torch's Adam (same arithmetic, state and checkpoints) with each parameter's update in
+    one fused pass (``kernels.adam``), and the SAE's unit-norm decoder constraint folded
+    into that pass: the gradient along each decoder row is projected out before the update
+    and the row renormalised after it (what ``remove_parallel_grad`` and
+    ``normalize_decoder`` do around a plain optimizer).
+    """
+
+    def __init__(self, sae: SparseAutoencoder, lr: float, betas: tuple[float, float],
+                 eps: float = 1e-8):
+        super().__init__(sae.parameters(), lr=lr, betas=betas, eps=eps)
+        self.unit_rows = {id(sae.decoder_parameter())} if sae.cfg.unit_norm_decoder else set()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:  # torch.optim.Adam's state layout, so checkpoints interchange
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                kernels.adam(p, p.grad, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"],
+                             betas=group["betas"], eps=group["eps"],
+                             step=int(state["step"]), unit_rows=id(p) in self.unit_rows)
+
+
 def apply_gradients(sae: SparseAutoencoder, opt: torch.optim.Optimizer, loss: torch.Tensor,
                     ddp: "_Dist | None" = None) -> None:
     """One optimizer update: backward, (all-reduce), gradient projection, step, renorm."""
@@ -296,6 +327,9 @@ def apply_gradients(sae: SparseAutoencoder, opt: torch.optim.Optimizer, loss: to
     loss.backward()
     if ddp is not None:
         ddp.all_reduce_mean_([p.grad for p in sae.parameters() if p.grad is not None])
+    if isinstance(opt, SAEAdam):  # projects and renormalises the decoder rows itself
+        opt.step()
+        return
     sae.remove_parallel_grad()
     opt.step()
     sae.normalize_decoder()
@@ -318,7 +352,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg)
     sae.encoder_dtype = encoder_dtype(cfg.encoder_dtype)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(), betas=cfg.betas)
+    opt = SAEAdam(sae, lr=cfg.learning_rate(), betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.warmup_steps, cfg.decay_start))
     since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
