@@ -123,6 +123,20 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.sae}/eval.json and its figures")
 
 
+def _feature_readout(spec: str):
+    """``feature:SAE:LATENT`` -> a Readout of that latent."""
+    from interp.circuits.discover import saes_for
+    from interp.circuits.tasks import Readout
+
+    _, _, rest = spec.partition(":")
+    name, _, latent = rest.rpartition(":")
+    if not name or not latent.isdigit():
+        raise SystemExit(f"error: --metric {spec!r}: use feature:SAE:LATENT, e.g. "
+                         f"feature:othello/blocks.3.hook_resid_post/topk:123")
+    (sae,) = saes_for([name]).values()
+    return Readout.from_sae(sae, int(latent))
+
+
 def _cmd_circuit(args: argparse.Namespace) -> None:
     import torch
 
@@ -146,7 +160,10 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
                          f"these SAEs are for {model_name}")
     model = load(model_name).requires_grad_(False)
     spliced = SplicedModel(model, saes)
-    task = make_task(args.task, model, n=args.prompts, metric=args.metric)
+    task = make_task(args.task, model, n=args.prompts,
+                     metric="logit_diff" if args.metric.startswith("feature:") else args.metric)
+    if args.metric.startswith("feature:"):
+        task = task.use_readout(_feature_readout(args.metric))
     cfg = CircuitConfig(method=args.method, patch=args.patch, steps=args.steps,
                         node_threshold=args.nodes, max_nodes=args.max_nodes,
                         edge_threshold=args.edges, linear=args.linear, ablation=args.ablation,
@@ -157,6 +174,8 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     html = out.with_suffix(".html")
     figure(g, f"{task.name}: {len(res['nodes'])} nodes").write_html(html)
     print(f"{task.name} on {model_name} ({len(task)} prompts, hooks {', '.join(spliced.hooks)})")
+    if task.readout is not None:
+        print(f"metric: {task.readout.name}")
     print(f"circuit: {len(res['nodes'])} nodes, {g.number_of_edges()} edges "
           f"({args.method}, patch={args.patch}); faithfulness {f['faithfulness']:.3f}, "
           f"completeness {f['completeness']:.3f} ({f['ablation']} ablation; m full "
@@ -444,10 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sae", action="append", default=None,
                    help="an SAE by registry name (see `interp saes`) or folder; repeatable")
     c.add_argument("--model", default=None, help="default: the SAEs' model")
-    c.add_argument("--task", required=True, help="othello-legal, pycode-bracket, "
-                   "pycode-indent, or a JSONL file of prompts")
+    c.add_argument("--task", required=True, help="othello-legal, othello-flipped, "
+                   "pycode-bracket, pycode-indent, or a JSONL file of prompts")
     c.add_argument("--prompts", type=int, default=64, help="prompts of a built-in task")
-    c.add_argument("--metric", default="logit_diff", choices=["logit_diff", "logprob"])
+    c.add_argument("--metric", default="logit_diff",
+                   help="logit_diff, logprob, or feature:SAE:LATENT (that SAE latent's "
+                   "activation at the last position; SAE a registry name or folder)")
     c.add_argument("--method", default="ig", choices=["atp", "ig"])
     c.add_argument("--patch", default="counterfactual", choices=["counterfactual", "zero",
                                                                   "mean"])

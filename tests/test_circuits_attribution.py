@@ -132,3 +132,60 @@ def test_nodes_summed_over_positions(spliced, task):
     assert float(exact[0]) == pytest.approx(float(hand), abs=1e-5)
     everything = [Node(HOOK, ALL_POSITIONS, j) for j in range(2049)]
     assert faithfulness(spliced, task, everything)["faithfulness"] == pytest.approx(1, abs=1e-4)
+
+
+# ------------------------------------------------------------------ feature metrics
+def test_sae_readout_is_the_latents_activation_where_it_fires(spliced, task):
+    from interp.circuits.tasks import Readout
+
+    sae = spliced.saes[HOOK]
+    res = spliced.run(task.clean)
+    last = res.hooks[HOOK].acts[:, -1]                     # (N, m) at the last position
+    latent = int(last.gt(0).sum(0).argmax())               # fires on the most prompts
+    readout = Readout.from_sae(sae, latent)
+    value = readout(res.hooks[HOOK].x)
+    fires = last[:, latent] > 0
+    torch.testing.assert_close(value[fires], last[fires, latent], rtol=1e-4, atol=1e-4)
+    with pytest.raises(DataError, match="out of range"):
+        Readout.from_sae(sae, sae.cfg.d_sae)
+
+
+def test_a_readout_at_the_spliced_hook_makes_atp_exact_there(spliced, task):
+    """The readout is linear in the hook's latents and error, so AtP there equals patching."""
+    from interp.circuits.tasks import Readout
+
+    feature_task = task.use_readout(Readout.from_sae(spliced.saes[HOOK], 7))
+    assert feature_task.reads == (HOOK,) and feature_task.metric_kind == "feature"
+    scores = node_attribution(spliced, feature_task, method="atp")
+    nodes = [n for n, _ in top_nodes(scores, 8)]
+    est = torch.tensor([float(scores[n.hook][n.pos, n.latent]) for n in nodes],
+                       dtype=torch.float64) / 1
+    exact = exact_node_effects(spliced, feature_task, nodes)
+    torch.testing.assert_close(est, exact, rtol=1e-3, atol=1e-4)
+    with pytest.raises(DataError, match="capture=task.reads"):
+        feature_task.metric(spliced.run(task.clean))
+
+
+def test_a_metric_before_the_spliced_hooks_is_refused(spliced, task):
+    from interp.circuits.tasks import Readout
+
+    early = Readout("blocks.1.hook_resid_post", torch.zeros(128))
+    with pytest.raises(DataError, match="before the spliced hook"):
+        node_attribution(spliced, task.use_readout(early), method="atp")
+
+
+def test_othello_flipped_task_prompts_flip_the_square_and_the_probe_sees_it(spliced):
+    from interp.data import othello as oth
+
+    import re
+
+    task = make_task("othello-flipped", spliced.model, n=16)
+    sq = oth.parse_square(re.search(r"'(\w\d) just flipped'", task.readout.name).group(1))
+    for i in range(4):
+        moves = [int(oth.TOKEN_TO_SQUARE[t]) for t in task.clean[i, 1:]]
+        before = oth.replay(moves[:-1])[-1]
+        assert sq in before.flips(moves[-1])
+        assert sq not in before.flips(int(oth.TOKEN_TO_SQUARE[task.patch[i, -1]]))
+    clean = task.metric(spliced.run(task.clean, capture=task.reads))
+    patch = task.metric(spliced.run(task.patch, capture=task.reads))
+    assert (clean > 0).float().mean() >= 0.6 and (patch < 0).float().mean() >= 0.8

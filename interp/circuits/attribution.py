@@ -112,8 +112,8 @@ def node_attribution(spliced: SplicedModel, task: Task, method: str = "atp",
     for rows in _batches(n, batch_size):
         patch_vals = patches.values(rows)
         if method == "atp":
-            res = spliced.run(task.clean[rows], track_grads=True)
-            (task.metric(res.logits, rows).sum() / n).backward()
+            res = spliced.run(task.clean[rows], track_grads=True, capture=task.reads)
+            (task.metric(res, rows).sum() / n).backward()
             for h, st in res.hooks.items():
                 pa, pe = patch_vals[h]
                 _add_scores(scores[h], st.acts.grad, pa - st.acts.detach(), st.err.grad,
@@ -130,8 +130,9 @@ def node_attribution(spliced: SplicedModel, task: Task, method: str = "atp",
                     def interpolate(name, a, e, alpha=alpha, ca=ca, ce=ce, pa=pa, pe=pe):
                         return ca + alpha * (pa - ca), ce + alpha * (pe - ce)
 
-                    res = spliced.run(task.clean[rows], {h: interpolate}, track_grads=True)
-                    (task.metric(res.logits, rows).sum() / n).backward()
+                    res = spliced.run(task.clean[rows], {h: interpolate}, track_grads=True,
+                                      capture=task.reads)
+                    (task.metric(res, rows).sum() / n).backward()
                     ga += res.hooks[h].acts.grad
                     ge += res.hooks[h].err.grad
                 _add_scores(scores[h], ga / steps, pa - ca, ge / steps, pe - ce)
@@ -153,7 +154,7 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
     patches = PatchValues(spliced, task, patch)
     effects = torch.zeros(len(nodes), dtype=torch.float64)
     for rows in _batches(n, batch_size):
-        base = task.metric(spliced.run(task.clean[rows]).logits, rows).sum()
+        base = task.metric(spliced.run(task.clean[rows], capture=task.reads), rows).sum()
         patch_vals = patches.values(rows)
         for i, node in enumerate(nodes):
             pa, pe = patch_vals[node.hook]
@@ -168,8 +169,8 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
                     a[:, node.pos, node.latent] = pa[:, node.pos, node.latent]
                 return a, e
 
-            res = spliced.run(task.clean[rows], {node.hook: swap})
-            effects[i] += float(task.metric(res.logits, rows).sum() - base)
+            res = spliced.run(task.clean[rows], {node.hook: swap}, capture=task.reads)
+            effects[i] += float(task.metric(res, rows).sum() - base)
     return effects / n
 
 
@@ -232,8 +233,8 @@ def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
     node_scores: dict[Node, float] = {n: 0.0 for n in nodes}
     hooks = spliced.hooks
     for rows in _batches(n_prompts, batch_size):
-        res = spliced.run(task.clean[rows], graph=True, linear=linear)
-        metric = task.metric(res.logits, rows).sum() / n_prompts
+        res = spliced.run(task.clean[rows], graph=True, linear=linear, capture=task.reads)
+        metric = task.metric(res, rows).sum() / n_prompts
         states = res.hooks
         deltas = {h: (pa - states[h].acts.detach(), pe - states[h].err.detach())
                   for h, (pa, pe) in patches.values(rows).items()}

@@ -53,8 +53,8 @@ def ablated_metric(spliced: SplicedModel, task: Task, masks: dict[str, torch.Ten
                     return a, e
 
                 interventions[h] = ablate
-        res = spliced.run(task.clean[rows], interventions)
-        total += float(task.metric(res.logits, rows).sum())
+        res = spliced.run(task.clean[rows], interventions, capture=task.reads)
+        total += float(task.metric(res, rows).sum())
     return total / len(task)
 
 

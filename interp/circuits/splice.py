@@ -40,6 +40,7 @@ class HookState:
 class SpliceResult:
     logits: torch.Tensor
     hooks: dict[str, HookState] = field(default_factory=dict)
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)  # run(capture=...)
 
 
 class _Fork(torch.autograd.Function):
@@ -103,7 +104,8 @@ class SplicedModel:
     # -------------------------------------------------------------- running
     def run(self, tokens: torch.Tensor, interventions: Mapping[str, Intervention] | None = None,
             track_grads: bool = False, stop_at_layer: int | None = None,
-            graph: bool = False, linear: bool = False) -> SpliceResult:
+            graph: bool = False, linear: bool = False, capture: tuple[str, ...] = ()
+            ) -> SpliceResult:
         """Forward pass with every SAE spliced in.
 
         ``interventions[hook]`` may change that hook's latents and error. ``track_grads``
@@ -113,6 +115,8 @@ class SplicedModel:
         nodes only through them: vector-Jacobian products between hooks give edge effects.
         ``linear`` (with ``graph``) freezes attention patterns and LayerNorm scales in the
         backward pass, which makes the model between hooks linear where it has no MLP.
+        ``capture`` names hooks (at or after the last spliced one) whose output is kept in
+        ``result.captured``, differentiably: metrics that read a feature rather than logits.
         """
         interventions = dict(interventions or {})
         bad = sorted(set(interventions) - set(self.saes))
@@ -147,6 +151,18 @@ class SplicedModel:
             return x
 
         fwd = [(h, splice) for h in self.hooks]
+        order = list(self.model.hook_dict)
+        for h in capture:
+            if h not in self.model.hook_dict:
+                raise unknown("hook", h, order)
+            if order.index(h) < order.index(self.hooks[-1]):
+                raise DataError(f"the metric reads {h}, before the spliced hook "
+                                f"{self.hooks[-1]}, whose nodes could not affect it; read a "
+                                f"hook at or after it")
+
+            def keep(t: torch.Tensor, hook) -> None:
+                result.captured[hook.name] = t
+            fwd.append((h, keep))
         if linear:
             freeze = lambda t, hook: t.detach()  # noqa: E731
             fwd += [(h, freeze) for h in self.model.hook_dict

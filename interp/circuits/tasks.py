@@ -21,7 +21,7 @@ optional ``patch`` (texts), ``answer`` and ``wrong`` (each a token string).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,45 @@ import torch
 from interp.data.pycode import BOS_TOKEN
 from interp.errors import DataError, unknown
 
-METRICS = ("logit_diff", "logprob")
+METRICS = ("logit_diff", "logprob", "feature")
+
+
+@dataclass
+class Readout:
+    """A linear reading of one hook's activation at the last position,
+    ``x[:, -1] @ direction + bias``: an SAE latent's pre-activation (its activation
+    wherever it fires) or a linear probe's logit. Tasks with a readout use it as metric."""
+
+    hook: str
+    direction: torch.Tensor   # (d,)
+    bias: float = 0.0
+    name: str = ""
+
+    @classmethod
+    def from_sae(cls, sae, latent: int) -> "Readout":
+        """Latent ``latent`` of ``sae`` (at the hook in its metadata)."""
+        hook = sae.cfg.metadata.get("hook_name")
+        if not hook:
+            raise DataError("the SAE does not record its hook (metadata hook_name)")
+        if not 0 <= latent < sae.cfg.d_sae:
+            raise DataError(f"latent {latent} is out of range: this SAE has latents "
+                            f"0..{sae.cfg.d_sae - 1}")
+        with torch.no_grad():
+            w = sae.W_enc[:, latent].float().clone()
+            bias = float(sae.b_enc[latent] - sae.b_dec @ w)
+        return cls(hook, w, bias, f"{hook} latent {latent}")
+
+    @classmethod
+    def from_probe(cls, hook: str, probe, d: int, name: str = "") -> "Readout":
+        """A logistic probe's decision function (``interp.probes.sparse.LogisticProbe``)."""
+        direction = torch.zeros(d)
+        direction[probe.units] = probe.raw_weights()
+        bias = probe.bias - float((probe.mu / probe.sd) @ probe.weight)
+        return cls(hook, direction, bias, name or f"probe at {hook}")
+
+    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
+        """(N,) from the hook's activations (N, T, d)."""
+        return acts[:, -1].float() @ self.direction.to(acts.device) + self.bias
 
 
 @dataclass
@@ -42,10 +80,14 @@ class Task:
     wrong: torch.Tensor            # (N,) token ids
     metric_kind: str = "logit_diff"
     description: str = ""
+    readout: Readout | None = None  # metric_kind "feature": the metric reads this
 
     def __post_init__(self) -> None:
         if self.metric_kind not in METRICS:
             raise unknown("metric", self.metric_kind, METRICS)
+        if (self.metric_kind == "feature") != (self.readout is not None):
+            raise DataError("the 'feature' metric needs a readout (Readout.from_sae or a "
+                            "probe), and a readout needs metric_kind='feature'")
         if self.clean.ndim != 2 or self.clean.shape[0] == 0:
             raise DataError(f"task {self.name!r} has no prompts (clean has shape "
                             f"{tuple(self.clean.shape)})")
@@ -61,9 +103,27 @@ class Task:
     def __len__(self) -> int:
         return self.clean.shape[0]
 
-    def metric(self, logits: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """(N,) the metric of each prompt from logits (N, T, vocab) at the last position."""
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Hooks whose activations the metric reads (pass as ``SplicedModel.run(capture=)``)."""
+        return (self.readout.hook,) if self.readout is not None else ()
+
+    def use_readout(self, readout: Readout) -> "Task":
+        """This task with the metric replaced by ``readout``."""
+        return replace(self, metric_kind="feature", readout=readout)
+
+    def metric(self, out, rows: slice | None = None) -> torch.Tensor:
+        """(N,) the metric of each prompt at the last position, from the logits (N, T,
+        vocab) or a ``SpliceResult`` (which a readout metric needs: run with
+        ``capture=task.reads``)."""
         rows = rows or slice(None)
+        if self.readout is not None:
+            captured = getattr(out, "captured", {})
+            if self.readout.hook not in captured:
+                raise DataError(f"task {self.name!r} reads {self.readout.hook}: pass the "
+                                f"result of SplicedModel.run(..., capture=task.reads)")
+            return self.readout(captured[self.readout.hook])
+        logits = out if isinstance(out, torch.Tensor) else out.logits
         last = logits[:, -1].float()
         ans, wrong = self.answer[rows].to(last.device), self.wrong[rows].to(last.device)
         idx = torch.arange(last.shape[0], device=last.device)
@@ -72,8 +132,9 @@ class Task:
         return last[idx, ans] - last[idx, wrong]
 
     def subset(self, n: int) -> "Task":
-        return Task(self.name, self.clean[:n], None if self.patch is None else self.patch[:n],
-                    self.answer[:n], self.wrong[:n], self.metric_kind, self.description)
+        return replace(self, clean=self.clean[:n],
+                       patch=None if self.patch is None else self.patch[:n],
+                       answer=self.answer[:n], wrong=self.wrong[:n])
 
 
 # ------------------------------------------------------------------ othello
@@ -112,6 +173,64 @@ def othello_legal(n: int = 64, n_moves: int = 20, seed: int = 0) -> Task:
     return Task("othello-legal", t(clean), t(patch), t(answer), t(wrong),
                 description=f"after {n_moves} moves: logit of a legal square minus an empty "
                             f"illegal one; patch: another legal last move")
+
+
+FLIPPED_HOOK = "blocks.3.hook_resid_post"
+
+
+def othello_flipped(model, n: int = 64, n_moves: int = 20, square: str | None = None,
+                    hook: str = FLIPPED_HOOK, seed: int = 0) -> Task:
+    """Game prefixes whose last move flipped ``square`` (default: the square flipped most
+    often at that move); the metric is a logistic probe for "the move just read flipped
+    the square", fitted on other games at ``hook``. Counterfactual: another legal last
+    move that does not flip it."""
+    from interp.data import othello as oth
+    from interp.probes.sparse import fit_logistic
+
+    if model is None:
+        raise DataError("othello-flipped fits its probe on the model: pass the model")
+    if hook not in model.hook_dict:
+        raise unknown("hook", hook, list(model.hook_dict))
+    rng = np.random.default_rng(seed)
+    games = oth.generate_games(max(40 * n, 2000), rng)
+    last = n_moves - 1
+    flipped = games.flipped_mask()[:, last]                 # (G, 64) by move n_moves - 1
+    sq = oth.parse_square(square) if square else int(flipped.sum(0).argmax())
+    clean, patch = [], []
+    for g in np.flatnonzero(flipped[:, sq]):
+        moves = [int(m) for m in games.moves[g, :n_moves]]
+        if min(moves) < 0:
+            continue
+        before = oth.replay(moves[:-1])[-1]
+        options = [s for s in before.legal_moves() if s != moves[-1] and sq not in before.flips(s)]
+        if not options:
+            continue
+        toks = [oth.BOS] + [int(oth.SQUARE_TO_TOKEN[m]) for m in moves]
+        clean.append(toks)
+        patch.append(toks[:-1] + [int(oth.SQUARE_TO_TOKEN[int(rng.choice(options))])])
+        if len(clean) == n:
+            break
+    if len(clean) < n:
+        raise DataError(f"only {len(clean)} othello-flipped prompts for square "
+                        f"{oth.square_name(sq)} (asked for {n}); try fewer or another square")
+    # the probe: every position of 512 other games, label = the move just read flipped sq
+    probe_games = oth.generate_games(512, np.random.default_rng(seed + 1))
+    tokens = torch.from_numpy(probe_games.tokens(with_bos=True)[:, :60])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    acts = cache[hook][:, 1:].float()                        # position p + 1 read move p
+    valid = torch.from_numpy(probe_games.valid()[:, :59])
+    y = torch.from_numpy(probe_games.flipped_mask()[:, :59, sq])[valid].long()
+    x = acts[valid]
+    probe = fit_logistic(x, y, torch.arange(x.shape[1]))
+    name = oth.square_name(sq)
+    t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    token = t([c[-1] for c in clean])  # unused by the readout metric
+    readout = Readout.from_probe(hook, probe, x.shape[1], f"probe '{name} just flipped' at {hook}")
+    return Task("othello-flipped", t(clean), t(patch), token, token, "feature",
+                f"after {n_moves} moves whose last flipped {name}: the logit of a probe for "
+                f"'{name} just flipped' at {hook}; patch: a last move that does not flip it",
+                readout)
 
 
 # ------------------------------------------------------------------ pycode
@@ -190,6 +309,7 @@ def pycode_indent(model=None, n: int = 64, n_ctx: int = 32) -> Task:
 
 # ------------------------------------------------------------------ registry
 BUILTIN = {"othello-legal": ("othello", othello_legal),
+           "othello-flipped": ("othello", othello_flipped),
            "pycode-bracket": ("pycode", pycode_bracket),
            "pycode-indent": ("pycode", pycode_indent)}
 
@@ -201,8 +321,9 @@ def make_task(name: str, model=None, n: int = 64, metric: str = "logit_diff") ->
     if name not in BUILTIN:
         raise unknown("task", name, list(BUILTIN) + ["PATH.jsonl"])
     _, build = BUILTIN[name]
-    task = build(n=n) if name.startswith("othello") else build(model, n=n)
-    task.metric_kind = metric
+    task = build(n=n) if name == "othello-legal" else build(model, n=n)
+    if task.readout is None:
+        task.metric_kind = metric
     return task
 
 
