@@ -34,3 +34,12 @@ def write_sparse_store(path, n_rows=20_000, d=16, n_true=48, k_true=3, seed=0,
 def sparse_store(tmp_path):
     write_sparse_store(tmp_path / "store")
     return tmp_path / "store"
+
+
+@pytest.fixture(scope="session")
+def app_run(tmp_path_factory):
+    """A small run folder for the app's tests (``tests/app_fixtures.py``): an othello store,
+    a run SAE and a feature store of it over a few thousand tokens. Built once per session."""
+    from app_fixtures import make_app_run
+
+    return make_app_run(tmp_path_factory.mktemp("app") / "run")

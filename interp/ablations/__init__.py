@@ -35,6 +35,8 @@ class EffectReport:
     metric_after: float | None = None
     top_up: list[tuple[int, float]] = field(default_factory=list)    # (token, prob change)
     top_down: list[tuple[int, float]] = field(default_factory=list)
+    top_clean: list[tuple[int, float]] = field(default_factory=list)  # (token, probability)
+    top_after: list[tuple[int, float]] = field(default_factory=list)  # most likely, after
 
     @property
     def loss_change(self) -> float:
@@ -52,6 +54,11 @@ def _next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> float:
     return float(-lp.gather(-1, tokens[:, 1:, None]).mean())
 
 
+def _top(p: torch.Tensor, n: int) -> list[tuple[int, float]]:
+    t = p.topk(min(n, len(p)))
+    return [(int(i), float(v)) for v, i in zip(t.values, t.indices)]
+
+
 def report(clean_logits, after_logits, tokens, task=None, top: int = 10) -> EffectReport:
     p0 = clean_logits[:, -1].float().softmax(-1).mean(0)
     p1 = after_logits[:, -1].float().softmax(-1).mean(0)
@@ -61,7 +68,8 @@ def report(clean_logits, after_logits, tokens, task=None, top: int = 10) -> Effe
     rep = EffectReport(_next_token_loss(clean_logits, tokens),
                        _next_token_loss(after_logits, tokens),
                        top_up=[(int(i), float(v)) for v, i in zip(up.values, up.indices)],
-                       top_down=[(int(i), -float(v)) for v, i in zip(down.values, down.indices)])
+                       top_down=[(int(i), -float(v)) for v, i in zip(down.values, down.indices)],
+                       top_clean=_top(p0, top), top_after=_top(p1, top))
     if task is not None:
         rep.metric_clean = float(task.metric(clean_logits).mean())
         rep.metric_after = float(task.metric(after_logits).mean())

@@ -1,0 +1,225 @@
+"""What the app's pages share: the run folder, cached loaders (models, SAEs, stores: one per
+process with ``st.cache_resource``; query results with ``st.cache_data``), links between
+pages, and the feature view (the Features page shows it whole, other pages compactly).
+
+Everything here reads: the app never trains or harvests. The logic lives in the library
+(``interp.viz``, ``interp.features``, ...); this module only wires it to Streamlit.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from interp.errors import InterpError
+
+# page key -> (script, title, icon); the key is the page's URL path and its ?page= name
+PAGES = {
+    "overview": ("app_pages/overview.py", "Overview", ":material/dashboard:"),
+    "activations": ("app_pages/activations.py", "Activations", ":material/table_rows:"),
+    "features": ("app_pages/features.py", "Features", ":material/search:"),
+    "circuits": ("app_pages/circuits.py", "Circuits", ":material/hub:"),
+    "probes": ("app_pages/probes.py", "Probes", ":material/target:"),
+    "ablations": ("app_pages/ablations.py", "Ablations", ":material/content_cut:"),
+}
+EMBEDDED = ("othello", "pycode")
+
+
+def default_run() -> str:
+    return os.environ.get("INTERP_RUN", "runs/demo")  # `interp app RUN` sets it
+
+
+def run_path() -> Path:
+    return Path(st.session_state.get("run") or default_run())
+
+
+def page_link(page: str, label: str, **query) -> None:
+    """A link to another page of the app with query parameters (deep link)."""
+    st.page_link(PAGES[page][0], label=label,
+                 query_params={k: str(v) for k, v in query.items() if v is not None})
+
+
+def feature_link(sae_key: str, latent: int, label: str | None = None) -> None:
+    page_link("features", label or f"latent {latent}", sae=sae_key, latent=latent)
+
+
+def show_error(e: Exception) -> None:
+    st.error(str(e) if isinstance(e, InterpError) else f"{type(e).__name__}: {e}")
+
+
+# ------------------------------------------------------------------ cached loaders
+@st.cache_resource(show_spinner="loading the model")
+def model(name: str):
+    from interp.models import load
+
+    m = load(name)
+    m.eval()
+    return m.requires_grad_(False)
+
+
+@st.cache_resource(show_spinner="loading the SAE")
+def sae(spec: str):
+    from interp.sae.io import load_sae
+    from interp.sae.release import load_pretrained, registry
+
+    return (load_pretrained(spec) if spec in registry() else load_sae(spec)).eval()
+
+
+@st.cache_resource
+def feature_store(path: str):
+    from interp.features import FeatureStore
+
+    return FeatureStore(path)
+
+
+@st.cache_resource
+def activation_store(path: str):
+    from interp.activations.harvest import open_store
+
+    return open_store(path)
+
+
+def _run_stamp(run: Path) -> tuple:
+    """Changes when SAEs or feature stores are added to the run (cache key)."""
+    files = list(run.glob("saes/**/cfg.json")) + list(run.glob("features/*.duckdb"))
+    return tuple(sorted((str(p), p.stat().st_mtime) for p in files))
+
+
+@st.cache_data(show_spinner=False)
+def _sae_infos(run: str, model_name: str | None, stamp: tuple):
+    from interp.viz.runs import list_saes
+
+    return list_saes(run if Path(run).exists() else None, model_name)
+
+
+def sae_infos(run: Path, model_name: str | None = None):
+    """The run's SAEs and the shipped ones of its model (``interp.viz.runs.list_saes``)."""
+    return _sae_infos(str(run), model_name, _run_stamp(run) if run.exists() else ())
+
+
+def run_model(run: Path) -> str | None:
+    from interp.viz.runs import run_meta
+
+    return run_meta(run).get("model") if run.exists() else None
+
+
+def model_context(run: Path) -> str:
+    """The model of the run, or (with no run folder) one chosen in the sidebar."""
+    name = run_model(run)
+    if name:
+        return name
+    st.sidebar.info(f"No run folder at {run}: pages use the shipped SAEs of a model.")
+    return st.sidebar.selectbox("model", EMBEDDED, key="model_choice")
+
+
+@st.cache_data(show_spinner=False)
+def feature_page(path: str, latent: int) -> dict:
+    return feature_store(path).feature(latent)
+
+
+@st.cache_data(show_spinner="correlating latents with ground-truth labels")
+def label_correlations(model_name: str, sae_spec: str):
+    from interp.viz.labels import latent_label_correlations
+
+    return latent_label_correlations(model(model_name), sae(sae_spec), model_name)
+
+
+def store_for(infos, hook: str | None = None, name: str | None = None):
+    """The SAE info with a feature store: by SAE name first, else the first at ``hook``."""
+    with_store = [i for i in infos if i.feature_store is not None]
+    for i in with_store:
+        if name is not None and i.name == name:
+            return i
+    for i in with_store:
+        if hook is not None and i.hook == hook:
+            return i
+    return None
+
+
+# ------------------------------------------------------------------ the feature view
+def render_feature(info, latent: int, compact: bool = False, model_name: str | None = None
+                   ) -> None:
+    """A feature page (Neuronpedia-like): density, histogram, logit effects, top contexts
+    with per-token highlighting, interval samples, the tokens it fires on, and (on request)
+    the ground-truth labels it follows. ``compact``: numbers and top contexts only."""
+    from interp.viz.features import (example_html, feature_histogram,
+                                     logit_effects_figure)
+
+    path = str(info.feature_store)
+    try:
+        page = feature_page(path, int(latent))
+    except InterpError as e:
+        show_error(e)
+        return
+    fs = feature_store(path)
+    model_name = model_name or fs.meta.get("model")
+    sep = " " if model_name == "othello" else ""
+    c = st.columns(5)
+    c[0].metric("latent", f"{page['latent']}")
+    c[1].metric("density", f"{page['density']:.3g}")
+    c[2].metric("fires on", f"{page['count']:,} tok")
+    c[3].metric("mean when firing", f"{page['mean_act'] or 0:.3g}")
+    c[4].metric("max", f"{page['max_act'] or 0:.3g}")
+    if page["count"] == 0:
+        st.info(f"Latent {latent} never fired on the {fs.meta['n_tokens']:,} tokens of this "
+                f"feature store (dead here).")
+        return
+    n_top = 5 if compact else len(page["top_examples"])
+    st.markdown("**Top activations**")
+    lines = [f"<div style='margin:2px 0'><span style='display:inline-block;width:5em'>"
+             f"{e['value']:.3f}</span>{example_html(e, page['max_act'], sep)}</div>"
+             for e in page["top_examples"][:n_top]]
+    st.markdown("\n".join(lines), unsafe_allow_html=True)
+    if compact:
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(feature_histogram(page), width="stretch")
+    right.plotly_chart(logit_effects_figure(page), width="stretch")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Tokens it fires on most**")
+        st.dataframe([{"token": repr(t["token"]), "count": t["count"],
+                       "mean act": round(t["mean_act"], 4)} for t in page["top_tokens"]],
+                     hide_index=True, width="stretch", height=240)
+    with right:
+        if page["logits"]:
+            st.markdown("**Logit effects** (boosted / suppressed)")
+            rows = [{"boosted": repr(b["token"]), "+": round(b["value"], 3),
+                     "suppressed": repr(s["token"]), "-": round(s["value"], 3)}
+                    for b, s in zip(page["logits"]["boosted"], page["logits"]["suppressed"])]
+            st.dataframe(rows, hide_index=True, width="stretch", height=240)
+    st.markdown("**Samples from each interval of the max activation**")
+    for q in page["quantiles"]:
+        with st.expander(f"{q['lo']:.3g} .. {q['hi']:.3g} ({len(q['examples'])} samples)",
+                         expanded=q is page["quantiles"][0]):
+            st.markdown("\n".join(
+                f"<div style='margin:2px 0'><span style='display:inline-block;width:5em'>"
+                f"{e['value']:.3f}</span>{example_html(e, page['max_act'], sep)}</div>"
+                for e in q["examples"]), unsafe_allow_html=True)
+    render_labels(info, latent, model_name)
+
+
+def render_labels(info, latent: int, model_name: str | None) -> None:
+    st.markdown("**Correlated ground-truth labels**")
+    if model_name not in EMBEDDED or info.source == "store" and info.folder is None:
+        st.caption("Only for the embedded models (othello, pycode), whose tokens come with "
+                   "ground truth; skipped here.")
+        return
+    if not st.toggle("correlate with the ground truth (one pass over 64 held-out contexts)",
+                     key=f"labels_{info.name}"):
+        return
+    try:
+        lc = label_correlations(model_name, info.spec)
+    except InterpError as e:
+        show_error(e)
+        return
+    top = lc.top(int(latent), 5)
+    if not top or not np.isfinite(top[0]["r"]):
+        st.caption(f"Latent {latent} does not fire on the {lc.n_tokens:,} labelled tokens.")
+        return
+    st.dataframe([{"property": t["property"], "Pearson r": round(t["r"], 3),
+                   "positive tokens": t["positives"]} for t in top], hide_index=True)
+    best = top[0]["property"]
+    page_link("probes", f"probe '{best}' on this SAE", property=best, sae=info.name)

@@ -1,0 +1,142 @@
+"""Circuits: discover a circuit on a built-in task (inference and gradients only) or load a
+saved one; prune it with sliders; pick a node (in the graph or the selector) to open its
+feature page; the faithfulness curve."""
+import json
+
+import streamlit as st
+
+import app_common as C
+from interp.circuits.graph import faithfulness_figure, figure, load_graph, prune, to_json
+from interp.errors import InterpError
+from interp.viz.circuits import (discover_circuit, graph_from_json, node_choices, node_label,
+                                 node_latent, tasks_for)
+from interp.viz.runs import find_circuits
+
+
+@st.cache_data(show_spinner="finding the circuit (attribution, edges, faithfulness)")
+def cached_discover(model_name: str, sae_names: tuple, specs: tuple, task: str, prompts: int,
+                    method: str, max_nodes: int) -> dict:
+    from interp.circuits.discover import saes_for
+
+    saes = saes_for(list(specs))
+    data = discover_circuit(C.model(model_name), saes, task, prompts, method, max_nodes)
+    data["saes"] = {hook: name for hook, name in zip(saes, sae_names)}
+    return data
+
+
+st.title("Circuits")
+run = C.run_path()
+model_name = C.model_context(run)
+infos = [i for i in C.sae_infos(run, model_name) if i.folder is not None and i.hook]
+tasks = tasks_for(model_name)
+mode = st.radio("circuit", ["discover", "load a saved circuit"], horizontal=True,
+                key="circuit_mode")
+
+data = None
+if mode == "discover":
+    if not tasks or not infos:
+        st.info(f"Circuit discovery needs a built-in task and an SAE of {model_name}: tasks "
+                f"{tasks or 'none'}, SAEs {len(infos)}.")
+        st.stop()
+    c = st.columns([1, 2])
+    task = c[0].selectbox("task", tasks, key="circuit_task")
+    names = [i.name for i in infos]
+    first = next((i.name for i in infos if i.source == "run"), None) or next(
+        (i.name for i in infos if i.name.endswith("/topk")), names[0])
+    chosen = c[1].multiselect("SAEs to splice (one per hook)", names, default=[first],
+                              key="circuit_saes")
+    c = st.columns(3)
+    prompts = c[0].slider("prompts", 4, 64, 16, 4, key="circuit_prompts")
+    method = c[1].selectbox("attribution", ["atp", "ig"], key="circuit_method",
+                            help="attribution patching (one pass) or integrated gradients")
+    max_nodes = c[2].slider("max nodes", 5, 200, 30, 5, key="circuit_max_nodes")
+    if st.button("run discovery", type="primary", key="circuit_run"):
+        st.session_state["circuit_params"] = dict(
+            model_name=model_name, sae_names=tuple(chosen),
+            specs=tuple(next(i.spec for i in infos if i.name == n) for n in chosen),
+            task=task, prompts=prompts, method=method, max_nodes=max_nodes)
+    params = st.session_state.get("circuit_params")
+    if params and params["model_name"] == model_name:
+        try:
+            data = cached_discover(**params)
+        except InterpError as e:
+            C.show_error(e)
+            st.stop()
+        st.caption(f"{params['task']} over {', '.join(params['sae_names'])}: "
+                   f"{params['prompts']} prompts, {params['method']}, found in "
+                   f"{data['seconds']:.1f} s")
+else:
+    files = find_circuits(run) if run.exists() else []
+    c = st.columns(2)
+    pick = c[0].selectbox("saved in the run", ["(none)"] + [str(p) for p in files],
+                          key="circuit_file")
+    typed = c[1].text_input("or a circuit JSON path (`interp circuit --out`)",
+                            key="circuit_path")
+    path = typed or (pick if pick != "(none)" else None)
+    if path:
+        try:
+            g0 = load_graph(path)
+        except InterpError as e:
+            C.show_error(e)
+            st.stop()
+        data = {"graph": to_json(g0), "curve": [], "saes": {},
+                "faithfulness": {k: g0.graph.get(k) for k in ("faithfulness", "completeness")}}
+
+if data is None:
+    st.info("Run a discovery or choose a saved circuit.")
+    st.stop()
+
+g = graph_from_json(data["graph"])
+f = data["faithfulness"]
+c = st.columns(4)
+c[0].metric("nodes", g.number_of_nodes() - 1)
+c[1].metric("edges", g.number_of_edges())
+c[2].metric("faithfulness", "-" if f.get("faithfulness") is None else f"{f['faithfulness']:.3f}")
+c[3].metric("completeness", "-" if f.get("completeness") is None else f"{f['completeness']:.3f}")
+
+effects = [abs(d["effect"]) for n, d in g.nodes(data=True) if d.get("kind") != "output"]
+edge_w = [abs(d["effect"]) for _, _, d in g.edges(data=True)]
+c = st.columns(2)
+top_n = max(effects or [0.0])
+top_e = max(edge_w or [0.0])
+node_t = c[0].slider("node threshold |effect|", 0.0, float(top_n) or 1.0, 0.0,
+                     (float(top_n) or 1.0) / 100, format="%.4f", key="circuit_node_t")
+edge_t = c[1].slider("edge threshold |effect|", 0.0, float(top_e) or 1.0, 0.0,
+                     (float(top_e) or 1.0) / 100, format="%.4f", key="circuit_edge_t")
+pruned = prune(g, node_threshold=node_t, edge_threshold=edge_t)
+st.caption(f"after pruning: {pruned.number_of_nodes() - 1} nodes, {pruned.number_of_edges()} "
+           f"edges (only what still reaches the metric). Click a node to open it.")
+event = st.plotly_chart(figure(pruned, g.graph.get("task") or "circuit"), width="stretch",
+                        on_select="rerun", selection_mode="points", key="circuit_plot")
+
+choices = node_choices(pruned)
+clicked = [p.get("customdata") for p in (event.selection.points if event else [])
+           if p.get("customdata") in choices]
+if clicked and clicked[0] != st.session_state.get("_circuit_clicked"):
+    st.session_state["circuit_node"] = clicked[0]
+    st.session_state["_circuit_clicked"] = clicked[0]
+if choices and st.session_state.get("circuit_node") not in choices:
+    st.session_state["circuit_node"] = choices[0]
+left, right = st.columns([3, 2])
+with left:
+    if choices:
+        node = st.selectbox("node", choices, key="circuit_node",
+                            format_func=lambda n: node_label(pruned, n))
+        hook, latent = node_latent(pruned, node)
+        info = C.store_for(C.sae_infos(run, model_name) if run.exists() else [], hook,
+                           data["saes"].get(hook))
+        if info is None:
+            st.caption(f"No feature store for an SAE at {hook} in this run: build one with "
+                       f"`interp features --run {run} --sae SAE --tokens 100000` to see its "
+                       f"feature page.")
+        else:
+            C.feature_link(info.feature_store.stem, latent,
+                           f"open the feature page of {info.name} latent {latent}")
+            C.render_feature(info, latent, compact=True, model_name=model_name)
+    else:
+        st.info("No latent node left at these thresholds.")
+with right:
+    if data["curve"]:
+        st.plotly_chart(faithfulness_figure(data["curve"]), width="stretch")
+    st.download_button("download the circuit JSON", json.dumps(data["graph"], indent=1),
+                       file_name="circuit.json", mime="application/json")

@@ -1,0 +1,81 @@
+"""Circuits for the app and notebooks: discovery on a built-in task with its faithfulness
+curve in one call (JSON-ready, so it can be cached), the nodes of a graph as choices, and a
+node's (hook, latent)."""
+from __future__ import annotations
+
+import networkx as nx
+
+from interp.circuits.attribution import OUTPUT
+from interp.errors import DataError
+
+
+def tasks_for(model_name: str) -> list[str]:
+    """The built-in circuit tasks of a model."""
+    from interp.circuits.tasks import BUILTIN
+
+    return [name for name, (model, _) in BUILTIN.items() if model == model_name]
+
+
+def discover_circuit(model, saes: dict, task_name: str, n_prompts: int = 16,
+                     method: str = "atp", max_nodes: int = 50,
+                     curve: tuple[int, ...] = (5, 10, 20, 50)) -> dict:
+    """Find a circuit for ``task_name`` over ``saes`` ({hook: SAE}) spliced into ``model``;
+    returns {"graph": graph JSON, "faithfulness": {...}, "curve": [{nodes, faithfulness,
+    completeness}], "seconds"}. The curve takes the discovered nodes in order of |effect|.
+    Inference and gradients only: nothing is trained."""
+    from interp.circuits.discover import CircuitConfig, discover
+    from interp.circuits.faithfulness import faithfulness_curve
+    from interp.circuits.graph import to_json
+    from interp.circuits.splice import SplicedModel
+    from interp.circuits.tasks import make_task
+
+    if not saes:
+        raise DataError("choose at least one SAE to splice")
+    spliced = SplicedModel(model, saes)
+    task = make_task(task_name, model, n=n_prompts)
+    res = discover(spliced, task, CircuitConfig(method=method, max_nodes=max_nodes))
+    sizes = sorted({n for n in curve if n <= len(res["nodes"])} | {len(res["nodes"])})
+    points = faithfulness_curve(spliced, task, res["nodes"], sizes) if res["nodes"] else []
+    keep = ("nodes", "faithfulness", "completeness")
+    return {"graph": to_json(res["graph"]),
+            "faithfulness": {k: v for k, v in res["faithfulness"].items()
+                             if isinstance(v, (int, float, str))},
+            "curve": [{k: c[k] for k in keep} for c in points],
+            "seconds": res["seconds"]}
+
+
+def graph_from_json(data: dict) -> nx.DiGraph:
+    g = nx.DiGraph(**data.get("metadata", {}))
+    for n in data["nodes"]:
+        n = dict(n)
+        g.add_node(n.pop("id"), **n)
+    for e in data["edges"]:
+        e = dict(e)
+        g.add_edge(e.pop("source"), e.pop("target"), **e)
+    return g
+
+
+def node_choices(g: nx.DiGraph) -> list[str]:
+    """The graph's latent nodes, largest |effect| first."""
+    nodes = [n for n, d in g.nodes(data=True) if n != OUTPUT and d.get("kind") == "latent"]
+    return sorted(nodes, key=lambda n: -abs(g.nodes[n]["effect"]))
+
+
+def node_label(g: nx.DiGraph, key: str) -> str:
+    d = g.nodes[key]
+    if key == OUTPUT:
+        return "metric"
+    pos = "all positions" if d["position"] == -1 else f"pos {d['position']}"
+    what = "error" if d["kind"] == "error" else f"latent {d['latent']}"
+    return f"{d['hook']} {pos} {what} (effect {d['effect']:+.4f})"
+
+
+def node_latent(g: nx.DiGraph, key: str) -> tuple[str, int] | None:
+    """(hook, latent) of a latent node, None for error and output nodes."""
+    if key not in g or key == OUTPUT:
+        return None
+    d = g.nodes[key]
+    if d.get("kind") != "latent" or d.get("latent") is None:
+        return None
+    return d["hook"], int(d["latent"])
+
