@@ -215,7 +215,20 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     from interp.probes.experiment import compare_sources, save, table
 
     saes = {}
-    for spec in args.source:
+    sources = list(args.source or [])
+    if args.sweep:
+        from interp.probes.experiment import equal_l0_saes
+
+        swept, target, skipped = equal_l0_saes(args.sweep, args.l0, args.l0_tolerance)
+        saes.update(swept)
+        sources += [f"sae:{name}" for name in swept]
+        print(f"SAEs under {args.sweep} at L0 {target:g} (+-{args.l0_tolerance:.0%}): "
+              f"{', '.join(n.rsplit('/', 1)[1] for n in swept)}"
+              + (f"; skipped (L0): " + ", ".join(f"{n.rsplit('/', 1)[1]} ({v:.1f})"
+                                                 for n, v in skipped) if skipped else ""))
+    if not sources:
+        raise SystemExit("error: give --source (repeatable) or --sweep MODEL/HOOK")
+    for spec in sources:
         kind, _, name = spec.partition(":")
         if kind != "sae" or name in saes:
             continue
@@ -229,7 +242,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
         raise SystemExit("error: give --model for a labelled-text file")
     model = load(model_name)
     model.eval()
-    res = compare_sources(model, args.task, args.source, saes, ks=args.k, method=args.method,
+    res = compare_sources(model, args.task, sources, saes, ks=args.k, method=args.method,
                           n_contexts=args.contexts, max_examples=args.examples)
     print(table(res))
     out = save(res, args.out)
@@ -499,7 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--task", required=True, help="othello-{empty,mine,theirs,legal,flipped}-SQ, "
                     "pycode-{in-string,in-comment,keyword,in-brackets,indented,indent-N}, or a "
                     ".csv/.jsonl of labelled text (with --model)")
-    pr.add_argument("--source", action="append", required=True,
+    pr.add_argument("--sweep", default=None, metavar="MODEL/HOOK",
+                    help="also compare every shipped SAE architecture at this hook at equal L0 "
+                    "(e.g. othello/blocks.3.hook_resid_post)")
+    pr.add_argument("--l0", type=float, default=None,
+                    help="--sweep: the L0 to compare at (default: the median there)")
+    pr.add_argument("--l0-tolerance", type=float, default=0.25,
+                    help="--sweep: relative L0 tolerance")
+    pr.add_argument("--source", action="append", default=None,
                     help="hook:HOOK (its units, e.g. hook:blocks.1.mlp.hook_post) or sae:NAME "
                     "(a registry name, a folder, or with --run a folder name in RUN/saes); "
                     "repeat to compare")

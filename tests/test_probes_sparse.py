@@ -188,3 +188,21 @@ def test_user_token_spans_and_sequence_labels(tmp_path):
     assert ds2.per_sequence and ds2.labels.tolist() == [i % 2 for i in range(20)]
     x2, y2, _ = probe_features(model, ds2, "hook:blocks.1.mlp.hook_post")
     assert x2.shape == (20, 512)
+
+
+def test_equal_l0_sweep_picks_the_shipped_architectures_near_the_target():
+    from interp.probes.experiment import equal_l0_saes
+    from interp.sae.release import load_pretrained
+
+    prefix = "othello/blocks.3.hook_resid_post"
+    saes, target, skipped = equal_l0_saes(prefix)
+    assert target == 16
+    names = {n.rsplit("/", 1)[1] for n in saes}
+    assert {"topk", "batchtopk", "matryoshka", "hierarchical_topk@k16"} <= names
+    assert {n.rsplit("/", 1)[1] for n, _ in skipped} >= {"relu", "jumprelu"}
+    assert saes[f"{prefix}/hierarchical_topk@k16"].cfg.k == 16
+    assert load_pretrained(f"{prefix}/hierarchical_topk").cfg.k == 32  # a copy was changed
+    x = torch.randn(5, 128)
+    assert (saes[f"{prefix}/hierarchical_topk@k16"](x).l0() <= 16).all()
+    with pytest.raises(DataError, match="no shipped SAEs"):
+        equal_l0_saes("othello/blocks.9.hook_resid_post")

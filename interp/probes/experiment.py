@@ -46,6 +46,40 @@ def compare_sources(model, dataset: str, sources: list[str], saes: dict | None =
     return out
 
 
+def equal_l0_saes(prefix: str, l0: float | None = None, tolerance: float = 0.25
+                  ) -> tuple[dict, float, list[tuple[str, float]]]:
+    """The shipped SAEs under ``prefix`` (``MODEL/HOOK``) whose L0 is within ``tolerance``
+    (relative) of ``l0`` (default: the median L0 there), for an architecture comparison at
+    equal sparsity as SAEBench's sparse probing does. A HierarchicalTopK SAE trained with a
+    larger k joins at k' = round(l0): its top-k' prefix is a code it was trained to give.
+
+    Returns ({name: SAE}, the target L0, [(skipped name, its L0)]).
+    """
+    import copy
+    import statistics
+
+    from interp.errors import DataError
+    from interp.sae.release import load_pretrained, registry
+
+    prefix = prefix.rstrip("/")
+    entries = {n: e for n, e in registry().items() if n.startswith(prefix + "/")}
+    if not entries:
+        hooks = sorted({n.rsplit("/", 1)[0] for n in registry()})
+        raise DataError(f"no shipped SAEs under {prefix!r}; there are SAEs under {hooks}")
+    target = float(l0) if l0 else statistics.median(e["l0"] for e in entries.values())
+    saes, skipped = {}, []
+    for name, e in sorted(entries.items()):
+        if abs(e["l0"] - target) <= tolerance * target:
+            saes[name] = load_pretrained(name)
+        elif e["arch"] == "hierarchical_topk" and e["l0"] > target:
+            sae = copy.deepcopy(load_pretrained(name))
+            sae.cfg.k = max(1, round(target))
+            saes[f"{name}@k{sae.cfg.k}"] = sae
+        else:
+            skipped.append((name, float(e["l0"])))
+    return saes, target, skipped
+
+
 def table(res: dict) -> str:
     lines = [f"{res['dataset']} ({res['description']}), selector {res['method']}; "
              f"held-out F1 / AUROC"]
