@@ -70,7 +70,11 @@ def _cmd_model(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from interp.demo import run_demo
 
-    run_demo(out=args.out, n_tokens=args.tokens)
+    run_demo(out=args.out, n_tokens=args.tokens, feature_tokens=args.feature_tokens)
+    if not args.no_app:
+        from interp.app import serve
+
+        raise SystemExit(serve(args.out, args.port))
 
 
 def _parse_options(pairs: list[str] | None) -> dict:
@@ -345,22 +349,14 @@ def _cmd_saes(args: argparse.Namespace) -> None:
 
 
 def _cmd_app(args: argparse.Namespace) -> None:
-    import subprocess
     from pathlib import Path
 
-    from interp.models.zoo import REPO_ROOT
+    from interp.app import serve
 
-    app = REPO_ROOT / "apps" / "interp_app.py"
     if not Path(args.run).exists():
         raise SystemExit(f"error: no run folder at {args.run}; create one with `interp harvest` "
                          f"or `make demo`")
-    print(f"interp app for {args.run}: http://localhost:{args.port}")
-    import os
-
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    env = {**os.environ, "INTERP_RUN": str(Path(args.run).resolve())}
-    raise SystemExit(subprocess.call(cmd, env=env))
+    raise SystemExit(serve(args.run, args.port, args.address))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,10 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_model)
 
     d = sub.add_parser("demo", help="the main job on the embedded default",
-                       description="Harvest activations from the embedded othello model and "
-                       "print a summary of the store.")
+                       description="Harvest activations from the embedded othello model, "
+                       "probe them, train and evaluate a TopK SAE, build its feature store, "
+                       "then start the app on the run (its URL is printed; --no-app skips it).")
     d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     d.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest")
+    d.add_argument("--feature-tokens", type=int, default=30_000,
+                   help="tokens streamed into the demo SAE's feature store (0: none)")
+    d.add_argument("--no-app", action="store_true",
+                   help="do not start the app at the end (for scripted use)")
+    d.add_argument("--port", type=int, default=8501, help="port of the app at the end")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train an SAE on an activation store",
@@ -593,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the Streamlit app on a run folder (it only reads).")
     a.add_argument("run", nargs="?", default="runs/demo", help="run folder (default runs/demo)")
     a.add_argument("--port", type=int, default=8501)
+    a.add_argument("--address", default="localhost",
+                   help="address to serve on (default localhost; 0.0.0.0 for every interface)")
     a.set_defaults(func=_cmd_app)
     return p
 

@@ -4,7 +4,8 @@ Harvests residual-stream activations of the embedded othello model into ``runs/d
 reads them back the way SAE training does (shuffled batches from disk), fits a linear
 board-state probe on them (a check that the store holds the model's picture of the board),
 trains a TopK SAE on them from scratch and evaluates it, including with the SAE spliced into
-the model.
+the model, and builds the SAE's feature store for the app (``interp demo`` then starts the app
+unless ``--no-app``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ DEMO_HOOKS = ["blocks.3.hook_resid_post", "blocks.5.hook_resid_post"]
 PROBE_ROWS = 30_000
 
 
-def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 300) -> dict:
+def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 300,
+             feature_tokens: int = 30_000) -> dict:
     from interp.activations.harvest import HarvestConfig, harvest
     from interp.data.sources import OthelloSource
     from interp.models.evaluate import fit_linear_probe
@@ -27,7 +29,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
     out_path = Path(out)
     if (out_path / "activations" / "manifest.json").exists():
         shutil.rmtree(out_path / "activations")  # the demo always starts fresh
-    print(f"[1/5] harvesting {n_tokens:,} tokens of the embedded othello model at "
+    print(f"[1/6] harvesting {n_tokens:,} tokens of the embedded othello model at "
           f"{', '.join(DEMO_HOOKS)} -> {out_path}")
     t0 = time.time()
     store = harvest(HarvestConfig(model="othello", hooks=DEMO_HOOKS, n_tokens=n_tokens,
@@ -37,7 +39,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
     print(f"      {s['n_rows']:,} rows from {s['n_contexts']:,} games in {dt:.1f}s "
           f"({s['n_rows'] / dt:,.0f} tokens/s), {s['shards']} shard(s), dtype {s['dtype']}")
 
-    print("[2/5] reading shuffled batches back from disk")
+    print("[2/6] reading shuffled batches back from disk")
     hook = DEMO_HOOKS[0]
     t0 = time.time()
     n_rows, sq_norm = 0, 0.0
@@ -47,7 +49,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
     print(f"      one epoch of {n_rows:,} rows in {time.time() - t0:.2f}s; "
           f"mean squared norm at {hook}: {sq_norm / n_rows:.2f}")
 
-    print(f"[3/5] linear board-state probe (empty/mine/theirs per square) on the first "
+    print(f"[3/6] linear board-state probe (empty/mine/theirs per square) on the first "
           f"{min(store.n_rows, PROBE_ROWS):,} stored rows")
     source = OthelloSource(**{k: v for k, v in store.manifest["source"].items()
                               if k in ("seed",)})
@@ -70,7 +72,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
     sae_dir = out_path / "saes" / "topk"
     if sae_dir.exists():
         shutil.rmtree(sae_dir)
-    print(f"[4/5] training a TopK SAE (2048 latents, k=16, {sae_steps} steps of 2048 tokens) "
+    print(f"[4/6] training a TopK SAE (2048 latents, k=16, {sae_steps} steps of 2048 tokens) "
           f"on {hook}")
     from interp.sae.evaluate import evaluate_sae
     from interp.sae.trainer import TrainConfig, train_sae
@@ -80,7 +82,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
                           d_sae=2048, k=16, batch_size=2048, steps=sae_steps,
                           eval_every=100, checkpoint_every=100))
     print(f"      trained in {time.time() - t0:.0f}s -> {sae_dir} (SAELens format)")
-    print("[5/5] evaluating it: held-out reconstruction, and the model with the SAE spliced in")
+    print("[5/6] evaluating it: held-out reconstruction, and the model with the SAE spliced in")
     ev = evaluate_sae(str(sae_dir), store=str(out_path), tokens=20_000, contexts=64)
     rec = ev["reconstruction"]
     print(f"      FVU {rec['fvu']:.3f}, L0 {rec['l0']:.1f}, dead {100 * rec['dead_fraction']:.1f}%"
@@ -88,6 +90,16 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
           f"{ev['ce_loss_recovered']:.3f} (zero ablation), "
           f"{ev['spliced']['mean']['ce_loss_recovered']:.3f} (mean ablation); "
           f"KL {ev['kl']:.4f} nats/token")
+    features = None
+    if feature_tokens > 0:
+        from interp.features import FeatureConfig, build_for_run
+
+        print(f"[6/6] feature store of the SAE for the app: {feature_tokens:,} tokens through "
+              f"the model and the SAE (top contexts, histograms, logit effects)")
+        t0 = time.time()
+        features = build_for_run(out_path, sae_dir.name, FeatureConfig(n_tokens=feature_tokens))
+        print(f"      {features} in {time.time() - t0:.0f}s")
     print(f"done. Browse it with `make app` (or `interp app {out_path}`); figures and "
           f"eval.json are in {sae_dir}.")
-    return {"summary": s, "probe_accuracy": result, "sae_eval": ev}
+    return {"summary": s, "probe_accuracy": result, "sae_eval": ev,
+            "feature_store": str(features) if features else None}
