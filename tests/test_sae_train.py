@@ -96,3 +96,10 @@ def test_evaluate_writes_metrics_and_figures(sparse_store, tmp_path):
         other = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2))
         save_sae(other, tmp_path / "other")
         evaluate_sae(str(tmp_path / "other"), store=str(sparse_store))
+
+
+def test_compiled_loss_trains_like_the_eager_one(sparse_store, tmp_path):
+    eager = train_sae(config(sparse_store, tmp_path / "eager", steps=30), progress=False)
+    compiled = train_sae(config(sparse_store, tmp_path / "compiled", steps=30, compile=True),
+                         progress=False)
+    assert compiled["eval"]["fvu"] == pytest.approx(eager["eval"]["fvu"], rel=1e-3)

@@ -54,6 +54,7 @@ class TrainConfig:
     decay_start: float = 0.8
     betas: tuple[float, float] = (0.9, 0.999)
     encoder_dtype: str = "float32"   # or "bfloat16": the encoder product (top-k family)
+    compile: bool = False            # torch.compile the SAE's loss (forward included)
     eval_rows: int = 8192
     eval_every: int = 200
     dead_window_tokens: int = 500_000
@@ -352,6 +353,8 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg)
     sae.encoder_dtype = encoder_dtype(cfg.encoder_dtype)
+    if cfg.compile:  # on CPU the sparse kernels leave little to fuse; on a GPU the fallbacks
+        sae.loss = torch.compile(sae.loss)
     opt = SAEAdam(sae, lr=cfg.learning_rate(), betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.warmup_steps, cfg.decay_start))
