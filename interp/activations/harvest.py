@@ -9,12 +9,14 @@ background thread, so the harvest costs little more than the forward pass itself
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -108,32 +110,81 @@ def open_store(path: str | Path) -> ActivationStore:
 
 
 def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> ActivationStore:
-    """Run the harvest described by ``cfg`` (resuming an interrupted one) and open it."""
-    from interp.data.sources import make_source
-    from interp.models import load
+    """Run the harvest described by ``cfg`` (resuming an interrupted one) and open it.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process harvests a contiguous share of
+    the contexts into its own part of the same store and rank 0 merges the parts
+    (``_harvest_parallel``); the finished store is the one a single process would write.
+    """
+    from interp.distributed import rank_device, world
 
     cfg.validate()
-    model = model if model is not None else load(cfg.model, device=cfg.device)
-    validate_hooks(model, cfg.hooks)
-    n_ctx = cfg.n_ctx or min(model.cfg.n_ctx, 128)
-    if n_ctx > model.cfg.n_ctx or n_ctx < 2:
-        raise DataError(f"n_ctx {n_ctx} must lie in [2, {model.cfg.n_ctx}] for this model")
-    source = make_source(cfg.source or default_source(cfg.model), model=model,
-                         **cfg.source_kwargs)
-    positions = list(range(1 if cfg.skip_bos else 0, n_ctx))
-    widths = probe_hook_widths(model, cfg.hooks, n_ctx)
-    n_contexts = math.ceil(cfg.n_tokens / len(positions))
-    run_dir = Path(cfg.out)
-    path = store_path(run_dir)
-    meta = {"model": cfg.model, "model_meta": _model_meta(model), "source": source.describe(),
-            "n_contexts_requested": n_contexts, "harvest_config": asdict(cfg)}
-    meta["harvest_config"].pop("out")
-    writer = StoreWriter(path, widths, n_ctx, positions, cfg.dtype, cfg.shard_rows, meta,
-                         expected_contexts=n_contexts)
+    w = world(cfg.device)
+    device = rank_device(cfg.device, w)
+    plan = _Plan.make(cfg, model, device)
+    if w.distributed:
+        return _harvest_parallel(cfg, plan, w, progress)
+    path = store_path(cfg.out)
+    writer = StoreWriter(path, plan.widths, plan.n_ctx, plan.positions, cfg.dtype,
+                         cfg.shard_rows, plan.meta, expected_contexts=plan.n_contexts)
+    if writer.contexts_done:
+        print(f"resuming the harvest in {path} after {writer.contexts_done} contexts")
+    _harvest_range(plan, writer, 0, plan.n_contexts, progress, desc="harvest")
+    if writer.contexts_written == 0:
+        raise DataError(f"empty dataset: the token source {plan.source.describe()} gave no "
+                        f"context of {plan.n_ctx} tokens")
+    if writer.contexts_written < plan.n_contexts:
+        print(f"note: the source ran out after {writer.contexts_written} contexts "
+              f"({plan.n_contexts} requested)")
+    writer.close()
+    _update_run_json(Path(cfg.out), path, cfg, plan.source.describe())
+    return ActivationStore(path)
+
+
+@dataclass
+class _Plan:
+    """What a harvest needs once the model is loaded: source, shapes, context count."""
+    cfg: HarvestConfig
+    model: object
+    source: object
+    n_ctx: int
+    positions: list[int]
+    widths: dict[str, int]
+    n_contexts: int
+    meta: dict
+
+    @classmethod
+    def make(cls, cfg: HarvestConfig, model, device: str) -> "_Plan":
+        from interp.data.sources import make_source
+        from interp.models import load
+
+        model = model if model is not None else load(cfg.model, device=device)
+        validate_hooks(model, cfg.hooks)
+        n_ctx = cfg.n_ctx or min(model.cfg.n_ctx, 128)
+        if n_ctx > model.cfg.n_ctx or n_ctx < 2:
+            raise DataError(f"n_ctx {n_ctx} must lie in [2, {model.cfg.n_ctx}] for this model")
+        source = make_source(cfg.source or default_source(cfg.model), model=model,
+                             **cfg.source_kwargs)
+        positions = list(range(1 if cfg.skip_bos else 0, n_ctx))
+        widths = probe_hook_widths(model, cfg.hooks, n_ctx)
+        n_contexts = math.ceil(cfg.n_tokens / len(positions))
+        meta = {"model": cfg.model, "model_meta": _model_meta(model),
+                "source": source.describe(), "n_contexts_requested": n_contexts,
+                "harvest_config": asdict(cfg)}
+        meta["harvest_config"].pop("out")
+        return cls(cfg, model, source, n_ctx, positions, widths, n_contexts, meta)
+
+
+def _harvest_range(plan: _Plan, writer: StoreWriter, start: int, stop: int,
+                   progress: bool, desc: str) -> None:
+    """Contexts ``start`` .. ``stop - 1`` of the source through the model into ``writer``,
+    skipping those the writer already holds (a resumed harvest)."""
+    from interp.data.sources import contexts_range, prefetch
+
+    cfg, model, positions = plan.cfg, plan.model, plan.positions
     done = writer.contexts_done
-    if done:
-        print(f"resuming the harvest in {path} after {done} contexts")
-    stop = stop_layer(cfg.hooks, model.cfg.n_layers)
+    first = start + done
+    stop_at = stop_layer(cfg.hooks, model.cfg.n_layers)
     captured: dict[str, torch.Tensor] = {}
     # a view, not a copy, when the kept positions are contiguous (the usual all-but-BOS):
     # the writer's copy into the shard is then the only one
@@ -144,34 +195,128 @@ def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> Activation
         a = act[:, positions[0]:positions[-1] + 1] if contiguous else act.index_select(1, pos_index)
         captured[hook.name] = a.reshape(a.shape[0], a.shape[1], -1)
 
-    from interp.data.sources import batches as context_batches
-    from interp.data.sources import prefetch
-    bar = tqdm(total=n_contexts * len(positions), initial=done * len(positions),
-               unit="tok", unit_scale=True, desc="harvest", disable=not progress)
-    remaining = n_contexts - done
-    it = prefetch(context_batches(source, n_ctx, cfg.batch_size, max_contexts=n_contexts))
-    skipped = 0
+    def token_batches():
+        it = contexts_range(plan.source, plan.n_ctx, first, stop)
+        while chunk := list(itertools.islice(it, cfg.batch_size)):
+            yield torch.from_numpy(np.stack(chunk))
+
+    bar = tqdm(total=(stop - start) * len(positions), initial=done * len(positions),
+               unit="tok", unit_scale=True, desc=desc, disable=not progress)
     with torch.inference_mode(), model.hooks(fwd_hooks=[(h, capture) for h in cfg.hooks]):
-        for tokens in it:
-            if skipped < done:  # resume: the source is deterministic, skip what is stored
-                take = min(tokens.shape[0], done - skipped)
-                skipped += take
-                tokens = tokens[take:]
-                if tokens.shape[0] == 0:
-                    continue
-            if remaining <= 0:
-                break
-            tokens = tokens[:remaining]
-            model(tokens.to(model.cfg.device), stop_at_layer=stop)
+        for tokens in prefetch(token_batches()) if first < stop else ():
+            model(tokens.to(model.cfg.device), stop_at_layer=stop_at)
             writer.add(tokens, captured)
-            remaining -= tokens.shape[0]
             bar.update(tokens.shape[0] * len(positions))
     bar.close()
-    if writer.contexts_written < n_contexts:
-        print(f"note: the source ran out after {writer.contexts_written} contexts "
-              f"({n_contexts} requested)")
-    writer.close()
-    _update_run_json(run_dir, path, cfg, source.describe())
+
+
+def _fingerprint(plan: _Plan) -> dict:
+    """The settings every rank of a parallel harvest must share (not the output path:
+    nodes may mount the shared folder at different paths; nor the device)."""
+    hc = {k: v for k, v in plan.meta["harvest_config"].items() if k != "device"}
+    return {**hc, "source": plan.source.describe(),
+            "n_contexts": plan.n_contexts, "hook_widths": plan.widths,
+            "model_meta": plan.meta["model_meta"]}
+
+
+def _check_same_settings(prints: list[dict]) -> None:
+    diffs = []
+    for key in prints[0]:
+        values = [p.get(key) for p in prints]
+        if any(v != values[0] for v in values[1:]):
+            diffs.append(f"{key}: " + ", ".join(f"rank {r} has {v!r}"
+                                                for r, v in enumerate(values)))
+    if diffs:
+        raise DataError("the processes of this parallel harvest were given different "
+                        "settings; every rank must run the same command:\n  "
+                        + "\n  ".join(diffs))
+
+
+def _prepare_parallel(path: Path, plan: _Plan, world_size: int, nonce: str) -> None:
+    """Rank 0: start (or take up again) a parallel harvest in ``path``; its manifest says
+    so (readers refuse the store until the merge) and records the settings to resume."""
+    from interp.activations.store import MANIFEST, _atomic_write_json
+
+    mpath = path / MANIFEST
+    cfg_now = {k: v for k, v in plan.meta["harvest_config"].items() if k != "device"}
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old.get("complete"):
+            raise DataError(f"{path} already holds a complete store; choose another --out or "
+                            f"delete it")
+        par = old.get("parallel")
+        if not par:
+            raise DataError(f"{path} holds an unfinished single-process harvest; resume it with "
+                            f"the same command without torchrun, or delete it")
+        if par["world_size"] != world_size:
+            raise DataError(f"{path} holds an unfinished harvest over {par['world_size']} "
+                            f"processes; resume it with {par['world_size']} processes (this "
+                            f"run has {world_size}), or delete it")
+        old_cfg = {k: v for k, v in old.get("harvest_config", {}).items() if k != "device"}
+        diff = sorted(k for k in set(old_cfg) | set(cfg_now) if old_cfg.get(k) != cfg_now.get(k))
+        if old.get("n_contexts_requested") != plan.n_contexts:
+            diff.append("n_contexts_requested")
+        if diff:
+            raise DataError(f"cannot resume the unfinished parallel harvest at {path}: its "
+                            f"{', '.join(diff)} differ from this run's; use the same settings "
+                            f"or delete it")
+        print(f"resuming the parallel harvest in {path}")
+    path.mkdir(parents=True, exist_ok=True)
+    stub = {"format_version": 1, "complete": False, "shards": [],
+            "parallel": {"world_size": world_size, "nonce": nonce}, **plan.meta}
+    _atomic_write_json(mpath, stub)
+
+
+def _check_shared(path: Path, nonce: str, rank: int) -> None:
+    from interp.activations.store import MANIFEST
+    from interp.distributed import host
+
+    try:
+        seen = json.loads((path / MANIFEST).read_text())["parallel"]["nonce"]
+    except (OSError, ValueError, KeyError):
+        seen = None
+    if seen != nonce:
+        raise DataError(f"rank {rank} (host {host()}) does not see the store rank 0 just "
+                        f"started at {path}: --out must be a folder on a file system that "
+                        f"every node shares")
+
+
+def _harvest_parallel(cfg: HarvestConfig, plan: _Plan, w, progress: bool) -> ActivationStore:
+    """One contiguous share of the contexts per rank, each into its own part of the store;
+    rank 0 merges the parts after every rank has finished (see ``store.merge_parts``)."""
+    import uuid
+
+    from interp.activations.store import merge_parts
+
+    _check_same_settings(w.gather(_fingerprint(plan)))  # the same list on every rank
+    path = store_path(cfg.out)
+    nonce = w.gather(uuid.uuid4().hex)[0]
+    w.collective(lambda: _prepare_parallel(path, plan, w.size, nonce), ranks="main")
+    w.collective(lambda: _check_shared(path, nonce, w.rank))
+    n = plan.n_contexts
+    start, stop = n * w.rank // w.size, n * (w.rank + 1) // w.size
+
+    def work() -> int:
+        part = {"rank": w.rank, "world_size": w.size, "context_start": start,
+                "context_stop": stop}
+        writer = StoreWriter(path, plan.widths, plan.n_ctx, plan.positions, cfg.dtype,
+                             cfg.shard_rows, plan.meta, expected_contexts=max(1, stop - start),
+                             part=part)
+        if writer.contexts_done:
+            print(f"rank {w.rank}: resuming after {writer.contexts_done} contexts")
+        _harvest_range(plan, writer, start, stop, progress and w.main,
+                       desc=f"harvest (rank 0 of {w.size}, its share)")
+        writer.close()
+        return writer.contexts_done
+
+    written = w.gather(w.collective(work))
+    total = sum(written)
+    if w.main and total < n:
+        print(f"note: the source ran out after {total} contexts ({n} requested)")
+    w.collective(lambda: merge_parts(path, w.size), ranks="main")
+    if w.main:
+        _update_run_json(Path(cfg.out), path, cfg, plan.source.describe())
+    w.barrier()
     return ActivationStore(path)
 
 

@@ -14,6 +14,12 @@ Shards are plain ``.npy`` files (memory-mappable); bfloat16 is stored as its raw
 The writer appends whole shards and rewrites the manifest atomically after each one, so an
 interrupted harvest leaves a store marked incomplete that the harvester resumes and that
 readers refuse to use.
+
+A harvest over several processes (``torchrun``) writes one *part* per rank into the same
+folder: rank r's shards are ``<hook>/pRRRRR-shard_NNNNN.npy`` and its manifest
+``parts/part-RRRRR-of-WWWWW.json`` (the same format, with the rank's context range). When
+every part is complete, rank 0 merges them (``merge_parts``) into one ``manifest.json``
+that lists every rank's shards in rank order; readers see one ordinary store.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from interp.errors import CorruptArtifactError, DataError, InterpError, unknown
 from interp.version import code_version
 
 MANIFEST = "manifest.json"
+PARTS = "parts"
 FORMAT_VERSION = 1
 DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16),
           "bfloat16": (np.uint16, torch.bfloat16)}
@@ -48,6 +55,14 @@ def _atomic_write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def part_manifest_path(path: Path | str, rank: int, world: int) -> Path:
+    return Path(path) / PARTS / f"part-{rank:05d}-of-{world:05d}.json"
+
+
+# settings that every shard of a store shares: a resumed or merged part must agree on them
+SHARED_KEYS = ("hooks", "dtype", "n_ctx", "positions", "contexts_per_shard", "model", "source")
 
 
 def _npy_header_len(path: Path) -> int:
@@ -73,7 +88,7 @@ class StoreWriter:
     def __init__(self, path: Path | str, hooks: dict[str, int], n_ctx: int,
                  positions: Sequence[int], dtype: str = "float32", shard_rows: int = 2**18,
                  meta: dict | None = None, resume: bool = True,
-                 expected_contexts: int | None = None):
+                 expected_contexts: int | None = None, part: dict | None = None):
         if dtype not in DTYPES:
             raise unknown("dtype", dtype, DTYPES)
         if not hooks:
@@ -85,13 +100,20 @@ class StoreWriter:
         self.n_ctx, self.positions, self.dtype = n_ctx, positions, dtype
         self.contexts_per_shard = max(1, shard_rows // len(positions))
         self.expected_contexts = expected_contexts
+        # part: {"rank", "world_size", "context_start", "context_stop"} of a parallel harvest
+        self.part = part
+        self.prefix = "" if part is None else f"p{part['rank']:05d}-"
+        self.manifest_path = (self.path / MANIFEST if part is None else
+                              part_manifest_path(self.path, part["rank"], part["world_size"]))
         self.manifest = {
             "format_version": FORMAT_VERSION, "complete": False, "code_version": code_version(),
             "hooks": {h: {"d_in": int(d), "dir": hook_dir_name(h)} for h, d in hooks.items()},
             "dtype": dtype, "n_ctx": n_ctx, "positions": positions,
             "contexts_per_shard": self.contexts_per_shard, "shards": [], **(meta or {}),
         }
-        existing = self.path / MANIFEST
+        if part is not None:
+            self.manifest["part"] = dict(part)
+        existing = self.manifest_path
         if existing.exists():
             old = json.loads(existing.read_text())
             if old.get("complete"):
@@ -99,8 +121,12 @@ class StoreWriter:
                                 f"--out or delete it")
             if not resume:
                 raise DataError(f"{self.path} holds an unfinished store; resume it or delete it")
-            keys = ("hooks", "dtype", "n_ctx", "positions", "contexts_per_shard", "model",
-                    "source")
+            if part is None and old.get("parallel"):
+                n = old["parallel"]["world_size"]
+                raise DataError(f"{self.path} holds an unfinished harvest over {n} processes; "
+                                f"resume it with the same command under `torchrun "
+                                f"--nproc_per_node {n}` (same total processes), or delete it")
+            keys = SHARED_KEYS + (("part", "n_contexts_requested") if part else ())
             diff = [k for k in keys if old.get(k) != self.manifest.get(k)]
             if diff:
                 raise DataError(f"cannot resume the unfinished store at {self.path}: its "
@@ -108,7 +134,7 @@ class StoreWriter:
                                 f"use the same settings")
             self.manifest["shards"] = old["shards"]
             self._drop_unlisted_shards()
-        self.path.mkdir(parents=True, exist_ok=True)
+        existing.parent.mkdir(parents=True, exist_ok=True)
         for h in hooks:
             (self.path / hook_dir_name(h)).mkdir(exist_ok=True)
         (self.path / "tokens").mkdir(exist_ok=True)
@@ -130,12 +156,12 @@ class StoreWriter:
         """Partial shards written after the last manifest update are rewritten."""
         n = len(self.manifest["shards"])
         for sub in ["tokens", *[v["dir"] for v in self.manifest["hooks"].values()]]:
-            for f in (self.path / sub).glob("shard_*.npy"):
-                if int(f.stem.split("_")[1]) >= n:
+            for f in (self.path / sub).glob(f"{self.prefix}shard_*.npy"):
+                if int(f.stem.rsplit("_", 1)[1]) >= n:
                     f.unlink()
 
     def _shard_name(self) -> str:
-        return f"shard_{len(self.manifest['shards']):05d}.npy"
+        return f"{self.prefix}shard_{len(self.manifest['shards']):05d}.npy"
 
     def _open_shard(self) -> None:
         cap = self.contexts_per_shard
@@ -196,7 +222,7 @@ class StoreWriter:
         self._shard = {}  # drops the memmaps; the data stays in the page cache / on disk
         self.manifest["shards"].append({"file": name, "contexts": n, "rows": n * P})
         self._filled = self._capacity = 0
-        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        _atomic_write_json(self.manifest_path, self.manifest)
 
     def close(self, extra: dict | None = None) -> Path:
         if self._filled:
@@ -206,14 +232,61 @@ class StoreWriter:
                 sub = "tokens" if key == "tokens" else self.manifest["hooks"][key]["dir"]
                 self._shard.pop(key)
                 (self.path / sub / self._shard_name()).unlink(missing_ok=True)
-        if not self.manifest["shards"]:
+        if not self.manifest["shards"] and self.part is None:  # a part may be empty
             raise DataError("nothing was harvested: the token source gave no contexts")
         self.manifest["complete"] = True
         self.manifest["n_contexts"] = self.contexts_done
         self.manifest["n_tokens"] = self.contexts_done * len(self.positions)
         self.manifest.update(extra or {})
-        _atomic_write_json(self.path / MANIFEST, self.manifest)
+        _atomic_write_json(self.manifest_path, self.manifest)
         return self.path
+
+
+def merge_parts(path: Path | str, world_size: int, extra: dict | None = None) -> Path:
+    """Merge the complete parts of a parallel harvest into the store's ``manifest.json``.
+
+    The shards are listed rank by rank, each rank's in order, so with contiguous context
+    ranges per rank the merged store's rows come in the order one process would have
+    written them. The manifest is replaced atomically; the part manifests are then removed
+    (the merged manifest records each part's range and shard count).
+    """
+    path = Path(path)
+    parts = []
+    for r in range(world_size):
+        f = part_manifest_path(path, r, world_size)
+        if not f.exists():
+            raise CorruptArtifactError(f"cannot merge the parallel harvest in {path}: the part "
+                                       f"of rank {r} ({f}) is missing")
+        m = json.loads(f.read_text())
+        if not m.get("complete"):
+            raise IncompleteStoreError(f"cannot merge the parallel harvest in {path}: rank {r}'s "
+                                       f"part is unfinished ({f})")
+        parts.append(m)
+    first = parts[0]
+    for r, m in enumerate(parts[1:], 1):
+        diff = [k for k in SHARED_KEYS + ("n_contexts_requested",) if m.get(k) != first.get(k)]
+        if diff:
+            raise DataError(f"cannot merge the parallel harvest in {path}: rank {r}'s part "
+                            f"differs from rank 0's in {', '.join(diff)}")
+    merged = {k: v for k, v in first.items() if k not in ("part", "shards", "n_contexts",
+                                                          "n_tokens")}
+    merged["shards"] = [s for m in parts for s in m["shards"]]
+    if not merged["shards"]:
+        raise DataError("nothing was harvested: the token source gave no contexts")
+    n = sum(s["contexts"] for s in merged["shards"])
+    merged.update(complete=True, n_contexts=n, n_tokens=n * len(first["positions"]),
+                  parallel={"world_size": world_size,
+                            "parts": [{**m["part"], "contexts": m["n_contexts"],
+                                       "shards": len(m["shards"])} for m in parts]},
+                  **(extra or {}))
+    _atomic_write_json(path / MANIFEST, merged)
+    for r in range(world_size):
+        part_manifest_path(path, r, world_size).unlink(missing_ok=True)
+    try:
+        (path / PARTS).rmdir()
+    except OSError:
+        pass  # something else lives there; leave it
+    return path
 
 
 @dataclass(frozen=True)
@@ -241,6 +314,12 @@ class ActivationStore:
             raise CorruptArtifactError(f"{mpath} is not valid JSON ({e})") from e
         if not self.manifest.get("complete"):
             done = len(self.manifest.get("shards", []))
+            if self.manifest.get("parallel"):
+                n = self.manifest["parallel"]["world_size"]
+                raise IncompleteStoreError(
+                    f"the store at {self.path} is incomplete: its harvest over {n} processes "
+                    f"has not finished (parts in {self.path / PARTS}). Rerun the same "
+                    f"command under torchrun with {n} processes to resume it.")
             raise IncompleteStoreError(
                 f"the store at {self.path} is incomplete: its harvest stopped after {done} "
                 f"shard(s). Rerun the same `interp harvest` command to resume it.")

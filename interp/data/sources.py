@@ -75,6 +75,16 @@ def batches(source: TokenSource, n_ctx: int, batch_size: int,
                         f"context of {n_ctx} tokens")
 
 
+def contexts_range(source: TokenSource, n_ctx: int, start: int = 0,
+                   stop: int | None = None) -> Iterator[np.ndarray]:
+    """Contexts ``start`` .. ``stop - 1`` of ``source`` (fewer where it runs out); a source
+    with ``contexts_from`` skips to ``start`` without producing the contexts before it."""
+    jump = getattr(source, "contexts_from", None)
+    it = jump(n_ctx, start) if jump is not None else \
+        itertools.islice(source.contexts(n_ctx), start, None)
+    return it if stop is None else itertools.islice(it, max(0, stop - start))
+
+
 def read_jsonl(path: Path, fields: Sequence[str] = (), hint: str = "") -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-empty line of a JSONL file; a clear error names
     the line that is not JSON or lacks one of ``fields``."""
@@ -195,11 +205,18 @@ class OthelloSource(TokenSource):
         return oth.OthelloGames(**fields)
 
     def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
+        return self.contexts_from(n_ctx, 0)
+
+    def contexts_from(self, n_ctx: int, start: int) -> Iterator[np.ndarray]:
+        """The contexts from number ``start`` on, without generating the games before
+        its chunk (a rank of a parallel harvest starts in the middle)."""
         if not 2 <= n_ctx <= oth.MAX_MOVES + 1:
             raise DataError(f"othello contexts hold 2..61 tokens, got n_ctx={n_ctx}")
-        produced = 0
-        for i in itertools.count():
-            toks = self._chunk(i).tokens(with_bos=True)[:, :n_ctx]
+        produced = start
+        first, skip = divmod(start, self.CHUNK)
+        for i in itertools.count(first):
+            toks = self._chunk(i).tokens(with_bos=True)[skip:, :n_ctx]
+            skip = 0
             for row in toks:
                 if self.n_games is not None and produced >= self.n_games:
                     return
