@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -17,8 +18,10 @@ def _cmd_harvest(args: argparse.Namespace) -> None:
                         dtype=args.dtype, skip_bos=not args.keep_bos,
                         shard_rows=args.shard_rows, device=args.device)
     t0 = time.time()
-    store = harvest(cfg)
+    store = harvest(cfg)  # under torchrun: every rank its share, one store
     dt = time.time() - t0
+    if int(os.environ.get("RANK", "0")):
+        return
     s = store.summary()
     print(f"harvested {s['n_rows']:,} tokens x {len(s['hooks'])} hook(s) in {dt:.1f}s "
           f"({s['n_rows'] / dt:,.0f} tok/s) -> {store.path}")
@@ -321,6 +324,7 @@ def _cmd_features(args: argparse.Namespace) -> None:
     print(f"{s['n_tokens']:,} tokens, {s['d_sae']:,} latents ({alive:,} fired, {s['dead']:,} "
           f"never) in {dt:.1f}s ({s['n_tokens'] / dt:,.0f} tok/s)")
     print(f"feature store: {out}")
+    return out
 
 
 def _cmd_saes(args: argparse.Namespace) -> None:
@@ -606,9 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from interp.config import SAVE_BEFORE, parse_args, save_resolved
+
+    parser = build_parser()
     try:
-        args.func(args)
+        args = parse_args(parser, argv)  # with a subcommand's --config FILE merged in
+        if args.command in SAVE_BEFORE:
+            save_resolved(parser, args)
+        ret = args.func(args)
+        if args.command not in SAVE_BEFORE:
+            save_resolved(parser, args, ret)  # e.g. OUT/config.yaml: `interp --config` it
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
