@@ -89,7 +89,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="contexts per forward pass")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--out", default=None, help="keep the store here (default: a temp dir)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: "
+                    "torch's, here the number of cores)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from interp.data.sources import OthelloSource
     from interp.features import FeatureConfig, FeatureStore, build_feature_store

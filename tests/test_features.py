@@ -317,3 +317,21 @@ def test_store_errors(tmp_path, othello, shipped_sae):
         FeatureStore(other)
     with pytest.raises(InterpError, match="no feature store"):
         FeatureStore(tmp_path / "missing.duckdb")
+
+
+def test_recording_in_chunks_changes_nothing(othello, shipped_sae, monkeypatch):
+    from interp.data.sources import OthelloSource
+
+    cfg = B.FeatureConfig(n_tokens=1500, n_ctx=60, batch_size=4, top_n=4)
+    tables = []
+    for rows in (1, 10**6):  # every forward batch on its own; all of them at once
+        monkeypatch.setattr(B, "RECORD_ROWS", rows)
+        acc, _ = B.stream_features(othello, shipped_sae, HOOK, OthelloSource(), cfg,
+                                   progress=False)
+        tables.append(acc.tables())
+    a, b = tables
+    np.testing.assert_array_equal(a["count"], b["count"])
+    np.testing.assert_array_equal(a["hist"], b["hist"])
+    top = [t["examples"]["kind"] == "top" for t in tables]
+    for key in ("latent", "value"):  # (othello openings repeat: equal values tie)
+        np.testing.assert_array_equal(a["examples"][key][top[0]], b["examples"][key][top[1]])

@@ -44,6 +44,8 @@ FEATURES_SUBDIR = "features"
 # (token, latent) pairs are accumulated in a dense table up to this many cells, else sparsely
 DENSE_TOKEN_LATENT_CELLS = 2**23
 _SPARSE_FLUSH = 2**22
+# sparse codes are recorded in chunks of at least this many token rows
+RECORD_ROWS = 2**14
 
 
 @dataclass
@@ -140,9 +142,17 @@ def rank_within(groups: torch.Tensor, scores: torch.Tensor, n_groups: int,
                 descending: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """An order of the entries by (group, score) and each ordered entry's rank in its
     group: ``order, rank`` with ``groups[order]`` ascending and scores descending within."""
-    o1 = torch.argsort(scores, descending=descending, stable=True)
-    o2 = torch.argsort(groups[o1], stable=True)
-    order = o1[o2]
+    if scores.dtype == torch.float32 and n_groups < 2**29:
+        # one sort of an int64 key: group in the high bits, then the float's bits mapped to
+        # an order-preserving integer (negative floats have their magnitude bits flipped)
+        s = scores.contiguous().view(torch.int32).to(torch.int64)
+        s = torch.where(s < 0, s ^ 0x7FFFFFFF, s)
+        s = (2**31 - s) if descending else (s + 2**31)
+        order = torch.sort(groups.to(torch.int64) * 2**33 + s).indices
+    else:
+        o1 = torch.argsort(scores, descending=descending, stable=True)
+        o2 = torch.argsort(groups[o1], stable=True)
+        order = o1[o2]
     g = groups[order]
     counts = torch.bincount(g, minlength=n_groups)
     starts = counts.cumsum(0) - counts
@@ -510,6 +520,21 @@ def stream_features(model, sae, hook: str, source, cfg: FeatureConfig,
 
     bar = tqdm(total=n_contexts * acc.kept, unit="tok", unit_scale=True, desc="features",
                disable=not progress)
+    # sparse codes of several forward batches are recorded together: fewer, larger ops
+    pending: list[tuple[torch.Tensor, Codes]] = []
+    pending_rows = 0
+
+    def record() -> None:
+        nonlocal pending_rows
+        if len(pending) == 1:
+            acc.add(*pending[0])
+        elif pending:
+            acc.add(torch.cat([t for t, _ in pending]),
+                    Codes(values=torch.cat([c.values for _, c in pending]),
+                          indices=torch.cat([c.indices for _, c in pending])))
+        pending.clear()
+        pending_rows = 0
+
     t0 = time.perf_counter()
     with torch.inference_mode(), model.hooks(fwd_hooks=[(hook, capture)]):
         for tokens in prefetch(batches(source, n_ctx, cfg.batch_size, max_contexts=n_contexts)):
@@ -518,11 +543,17 @@ def stream_features(model, sae, hook: str, source, cfg: FeatureConfig,
             x = x.reshape(-1, sae.cfg.d_in).to(sae.W_dec.device)
             codes = encode(sae, x)
             if codes.acts is not None:
+                record()
                 codes.acts = codes.acts.cpu()
+                acc.add(tokens, codes)
             else:
                 codes.values, codes.indices = codes.values.cpu(), codes.indices.cpu()
-            acc.add(tokens, codes)
+                pending.append((tokens, codes))
+                pending_rows += codes.n_rows
+                if pending_rows >= RECORD_ROWS:
+                    record()
             bar.update(tokens.shape[0] * acc.kept)
+        record()
     bar.close()
     if acc.n_contexts < n_contexts:
         print(f"note: the token source ran out after {acc.n_contexts} contexts "
