@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # your CUDA build of torch into .venv first (`make TORCH_SPEC= venv` skips this step).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo app test test-fast clean train-othello train-pycode saes bench
+.PHONY: venv browser demo app test test-fast clean train-othello train-pycode saes bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,18 @@ demo: venv
 app: venv
 	$(VENV)/bin/interp app runs/demo
 
-test: venv
+# Chromium for tests/test_app_browser.py (Playwright drives it through executable_path; no
+# `playwright install`): Debian's package, installed only when no chromium is on PATH and
+# apt-get exists. Without root or a mirror it says so and the browser test skips.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+		&& command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the browser test"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null 2>&1 || \
+		  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null; }; } || \
+		echo "could not install chromium: tests/test_app_browser.py will skip"; fi
+
+test: venv browser
 	$(PY) -m pytest -q
 
 test-fast: venv

@@ -6,10 +6,10 @@ import json
 import streamlit as st
 
 import app_common as C
-from interp.circuits.graph import faithfulness_figure, figure, load_graph, prune, to_json
+from interp.circuits.graph import faithfulness_figure, load_graph, prune, to_json
 from interp.errors import InterpError
-from interp.viz.circuits import (discover_circuit, graph_from_json, node_choices, node_label,
-                                 node_latent, tasks_for)
+from interp.viz.circuits import (circuit_figure, discover_circuit, graph_from_json, node_choices,
+                                 node_label, node_latent, tasks_for)
 from interp.viz.runs import find_circuits
 
 
@@ -106,10 +106,11 @@ edge_t = c[1].slider("edge threshold |effect|", 0.0, float(top_e) or 1.0, 0.0,
 pruned = prune(g, node_threshold=node_t, edge_threshold=edge_t)
 st.caption(f"after pruning: {pruned.number_of_nodes() - 1} nodes, {pruned.number_of_edges()} "
            f"edges (only what still reaches the metric). Click a node to open it.")
-event = st.plotly_chart(figure(pruned, g.graph.get("task") or "circuit"), width="stretch",
+event = st.plotly_chart(circuit_figure(pruned, g.graph.get("task") or "circuit"), width="stretch",
                         on_select="rerun", selection_mode="points", key="circuit_plot")
 
 choices = node_choices(pruned)
+st.code(repr(event.selection) if event else "none")  # DEBUG
 clicked = [p.get("customdata") for p in (event.selection.points if event else [])
            if p.get("customdata") in choices]
 if clicked and clicked[0] != st.session_state.get("_circuit_clicked"):

@@ -318,9 +318,6 @@ class SparseAutoencoder(nn.Module):
         # the sparse path's encoder product in bfloat16 (fp32 accumulate): about 2x faster
         # where the CPU has AVX512-BF16 / AMX or on a GPU; gradients and loss stay fp32
         self.encoder_dtype = torch.float32
-        # training steps write the (B, d_sae) encoder product into one reused buffer: a
-        # fresh one costs page faults and zeroing comparable to a tenth of the matmul
-        self._score_workspace: torch.Tensor | None = None
         d, m = cfg.d_in, cfg.d_sae
         g = torch.Generator().manual_seed(cfg.seed)
         w_dec = torch.randn(m, d, generator=g)
@@ -438,17 +435,7 @@ class SparseAutoencoder(nn.Module):
         if self.encoder_dtype != torch.float32:
             dt = self.encoder_dtype
             return (x.detach().to(dt) @ w.to(dt).T).float(), bias
-        if not (self.training and torch.is_grad_enabled()):
-            return x.detach() @ w.T, bias
-        return torch.matmul(x.detach(), w.T, out=self._workspace(x.shape[0], x)), bias
-
-    def _workspace(self, rows: int, like: torch.Tensor) -> torch.Tensor:
-        """The training forward's score buffer (valid until the next training forward)."""
-        ws = self._score_workspace
-        m = self.cfg.d_sae
-        if ws is None or ws.shape[0] < rows or ws.device != like.device or ws.dtype != like.dtype:
-            ws = self._score_workspace = torch.empty(rows, m, dtype=like.dtype, device=like.device)
-        return ws[:rows]
+        return x.detach() @ w.T, bias
 
     def _encode_selected(self, x: torch.Tensor, values: torch.Tensor,
                          indices: torch.Tensor) -> torch.Tensor:

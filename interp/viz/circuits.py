@@ -79,3 +79,16 @@ def node_latent(g: nx.DiGraph, key: str) -> tuple[str, int] | None:
         return None
     return d["hook"], int(d["latent"])
 
+
+
+def circuit_figure(g: nx.DiGraph, title: str | None = None):
+    """``interp.circuits.graph.figure`` made clickable: each edge's two end points carry the
+    keys of the nodes they sit on (``customdata``), so a click that lands on an edge's end
+    selects that node, as a click on the node's marker does."""
+    from interp.circuits.graph import figure
+
+    fig = figure(g, title)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    for trace, (u, v) in zip(lines, g.edges()):
+        trace.customdata = [u, v]
+    return fig
