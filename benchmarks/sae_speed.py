@@ -4,6 +4,7 @@
     python benchmarks/sae_speed.py [--shapes 128:2048:16,512:8192:32] [--batch 4096]
                                    [--repeats 5] [--steps 4] [--quality-steps 250]
                                    [--no-quality] [--no-memory] [--no-dense] [--big]
+                                   [--only ours,ours-torch-adam,...]
 
 Installs nothing: the peers that import (``benchmarks/peers.py``: SAELens, dictionary_learning,
 EleutherAI sparsify) are timed beside ours; the others are listed as missing.
@@ -49,14 +50,16 @@ QUALITY_HOOK = "blocks.3.hook_resid_post"
 
 
 # ------------------------------------------------------------------ contenders
-def make_ours(d: int, m: int, k: int, batch: int, sparse: bool = True, lr: float | None = None):
+def make_ours(d: int, m: int, k: int, batch: int, sparse: bool = True, lr: float | None = None,
+              torch_adam: bool = False):
     from interp.sae.core import SAEConfig, SparseAutoencoder
     from interp.sae.trainer import SAEAdam, TrainConfig, apply_gradients
 
     cfg = TrainConfig(store="-", out="-", d_sae=m, k=k, batch_size=batch)
     sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, arch="topk", k=k), sparse_kernels=sparse)
     sae.train()
-    opt = SAEAdam(sae, lr=lr or cfg.learning_rate(), betas=cfg.betas)
+    opt = (torch.optim.Adam(sae.parameters(), lr=lr or cfg.learning_rate(), betas=cfg.betas)
+           if torch_adam else SAEAdam(sae, lr=lr or cfg.learning_rate(), betas=cfg.betas))
     since_fired = torch.zeros(m, dtype=torch.long)
     state = {"step": 0}
 
@@ -80,6 +83,8 @@ def make(name: str, d: int, m: int, k: int, batch: int, total_steps: int = 10_00
         return make_ours(d, m, k, batch)
     if name == "ours-dense":
         return make_ours(d, m, k, batch, sparse=False)
+    if name == "ours-torch-adam":  # torch's Adam + separate projection / renormalisation
+        return make_ours(d, m, k, batch, torch_adam=True)
     # a short run: each peer's warm-up capped at a tenth of it (dictionary_learning's
     # default of 1,000 steps must be shorter than the run)
     return peers.make_step(name, d, m, k, batch, total_steps=total_steps,
@@ -219,6 +224,9 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference path")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated contenders instead of all (ours, ours-dense, "
+                    "ours-torch-adam, saelens, dictionary_learning, sparsify)")
     ap.add_argument("--store", default="runs/bench/othello-l3", help="quality store run folder")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,6 +238,8 @@ def main() -> None:
     from interp.sae import kernels
 
     names = contenders(include_dense=not args.no_dense)
+    if args.only:
+        names = args.only.split(",")
     found = peers.available()
     missing = [p for p in peers.PEERS if p not in found]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch "
