@@ -110,7 +110,6 @@ event = st.plotly_chart(circuit_figure(pruned, g.graph.get("task") or "circuit")
                         on_select="rerun", selection_mode="points", key="circuit_plot")
 
 choices = node_choices(pruned)
-st.code(repr(event.selection) if event else "none")  # DEBUG
 clicked = [p.get("customdata") for p in (event.selection.points if event else [])
            if p.get("customdata") in choices]
 if clicked and clicked[0] != st.session_state.get("_circuit_clicked"):

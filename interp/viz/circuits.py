@@ -80,15 +80,27 @@ def node_latent(g: nx.DiGraph, key: str) -> tuple[str, int] | None:
     return d["hook"], int(d["latent"])
 
 
-
 def circuit_figure(g: nx.DiGraph, title: str | None = None):
-    """``interp.circuits.graph.figure`` made clickable: each edge's two end points carry the
-    keys of the nodes they sit on (``customdata``), so a click that lands on an edge's end
-    selects that node, as a click on the node's marker does."""
+    """``interp.circuits.graph.figure`` made clickable: the edge lines take no hover (in
+    plotly a click goes to the closest hovered point, and an edge's end lies on its node, so
+    edges would swallow the clicks on nodes); each edge's effect shows on hover at its
+    midpoint instead. Node markers keep their keys as ``customdata``."""
+    import plotly.graph_objects as go
+
     from interp.circuits.graph import figure
 
     fig = figure(g, title)
-    lines = [t for t in fig.data if t.mode == "lines"]
-    for trace, (u, v) in zip(lines, g.edges()):
-        trace.customdata = [u, v]
+    mid_x, mid_y, text = [], [], []
+    for trace in fig.data:
+        if trace.mode == "lines":
+            trace.hoverinfo = "skip"
+            mid_x.append(sum(trace.x) / 2)
+            mid_y.append(sum(trace.y) / 2)
+            text.append(trace.text)
+    if text:
+        fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", hovertext=text,
+                                 hoverinfo="text", showlegend=False,
+                                 marker=dict(size=6, color="rgba(0,0,0,0.15)")))
+        # the nodes on top again, so they stay the last trace (drawn above the midpoints)
+        fig.data = fig.data[:-2] + (fig.data[-1], fig.data[-2])
     return fig
