@@ -358,10 +358,11 @@ def _cmd_app(args: argparse.Namespace) -> None:
 
     from interp.app import serve
 
-    if not Path(args.run).exists():
-        raise SystemExit(f"error: no run folder at {args.run}; create one with `interp harvest` "
+    run = args.run_option or args.run
+    if not Path(run).exists():
+        raise SystemExit(f"error: no run folder at {run}; create one with `interp harvest` "
                          f"or `make demo`")
-    raise SystemExit(serve(args.run, args.port, args.address))
+    raise SystemExit(serve(run, args.port, args.address))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -602,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("app", help="browse a run folder in the Streamlit app",
                        description="Start the Streamlit app on a run folder (it only reads).")
     a.add_argument("run", nargs="?", default="runs/demo", help="run folder (default runs/demo)")
+    a.add_argument("--run", dest="run_option", default=None, help="the run folder, as an option")
     a.add_argument("--port", type=int, default=8501)
     a.add_argument("--address", default="localhost",
                    help="address to serve on (default localhost; 0.0.0.0 for every interface)")
