@@ -104,10 +104,10 @@ class _Dist:
     """The process group when run under torchrun, else a single process."""
 
     def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        from interp.distributed import world
+
+        w = world("cpu")  # the trainer's tensors live on the CPU: gloo, even where CUDA is
+        self.world, self.rank = w.size, w.rank
         self.main = self.rank == 0
 
     def all_reduce_mean_(self, tensors: list[torch.Tensor]) -> None:
