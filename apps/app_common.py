@@ -105,13 +105,23 @@ def run_model(run: Path) -> str | None:
     return run_meta(run).get("model") if run.exists() else None
 
 
+# widgets whose choices depend on the model: reset when the model changes
+MODEL_KEYS = ("circuit_task", "circuit_saes", "circuit_params", "circuit_node", "probe_kind",
+              "probe_square", "probe_prop", "probe_sources", "probe_params", "ablate_sae",
+              "ablate_prompt", "ablate_latents", "ablate_answer", "ablate_wrong")
+
+
 def model_context(run: Path) -> str:
     """The model of the run, or (with no run folder) one chosen in the sidebar."""
     name = run_model(run)
-    if name:
-        return name
-    st.sidebar.info(f"No run folder at {run}: pages use the shipped SAEs of a model.")
-    return st.sidebar.selectbox("model", EMBEDDED, key="model_choice")
+    if not name:
+        st.sidebar.info(f"No run folder at {run}: pages use the shipped SAEs of a model.")
+        name = st.sidebar.selectbox("model", EMBEDDED, key="model_choice")
+    if st.session_state.get("_model") != name:
+        for key in MODEL_KEYS:
+            st.session_state.pop(key, None)
+        st.session_state["_model"] = name
+    return name
 
 
 @st.cache_data(show_spinner=False)
@@ -124,6 +134,19 @@ def label_correlations(model_name: str, sae_spec: str):
     from interp.viz.labels import latent_label_correlations
 
     return latent_label_correlations(model(model_name), sae(sae_spec), model_name)
+
+
+def default_sae(infos) -> str | None:
+    """The SAE a page starts with: the run's first, else the shipped TopK at the hook with the
+    most SAEs, else the first."""
+    if not infos:
+        return None
+    run = [i.name for i in infos if i.source == "run"]
+    if run:
+        return run[0]
+    hooks = [i.hook for i in infos]
+    topk = sorted((i for i in infos if i.arch == "topk"), key=lambda i: -hooks.count(i.hook))
+    return (topk or infos)[0].name
 
 
 def store_for(infos, hook: str | None = None, name: str | None = None):

@@ -179,3 +179,17 @@ def test_ablations_page_changes_the_next_token_distribution(monkeypatch, app_run
     assert [m.label for m in at.metric][2:] == ["logit diff before", "after"]
     at.text_area(key="ablate_prompt").set_value("f5 zz").run()
     assert not at.exception and "not Othello squares: zz" in at.error[0].value
+
+
+def test_without_a_run_pages_use_a_chosen_models_shipped_saes(monkeypatch, tmp_path):
+    at = ok(app(monkeypatch, tmp_path / "nowhere", "ablations"))
+    assert at.selectbox(key="ablate_sae").value == "othello/blocks.3.hook_resid_post/topk"
+    at.selectbox(key="model_choice").set_value("pycode").run()
+    ok(at)  # the othello choices are reset, the pycode ones start at their defaults
+    assert at.selectbox(key="ablate_sae").value == "pycode/blocks.2.hook_resid_post/topk"
+    assert at.text_area(key="ablate_prompt").value.startswith("def ")
+    at.text_input(key="ablate_answer").set_value(")")
+    at.text_input(key="ablate_wrong").set_value(r"\n").run()  # typed escape: a newline
+    ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["logit diff before"]) > 0  # inside "(width", ")" beats a newline

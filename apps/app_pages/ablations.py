@@ -72,10 +72,9 @@ qp = st.query_params
 names = [i.name for i in infos]
 if "ablate_sae" not in st.session_state:
     want = qp.get("sae")
-    st.session_state["ablate_sae"] = want if want in names else next(
-        (i.name for i in infos if i.source == "run"), None) or next(
-        (n for n in names if n.endswith("/topk")), names[0])
-info = next(i for i in infos if i.name == st.selectbox("SAE", names, key="ablate_sae"))
+    st.session_state["ablate_sae"] = want if want in names else C.default_sae(infos)
+chosen = st.selectbox("SAE", names, key="ablate_sae")
+info = next(i for i in infos if i.name == chosen)
 st.session_state.setdefault("ablate_prompt", default_prompt(model_name))
 text = st.text_area("prompt" + (" (moves as squares, e.g. f5 d6 c3)" if model_name == "othello"
                                 else ""), key="ablate_prompt", height=90)
@@ -106,7 +105,8 @@ if mode == "alpha":
 elif mode == "clamp":
     value = c[2].number_input("value", value=0.0, step=0.5, key="ablate_clamp")
 c = st.columns(2)
-ans = c[0].text_input("answer token (optional, for a logit-difference metric)",
+ans = c[0].text_input("answer token (optional, for a logit-difference metric; \\n for a "
+                      "newline)",
                       key="ablate_answer")
 wrong = c[1].text_input("wrong token", key="ablate_wrong")
 try:
@@ -119,11 +119,11 @@ try:
         st.caption("give both an answer and a wrong token for the metric")
     res = intervene(model_name, info.spec, tokens, latents, mode,
                     float(value) if value is not None else 0.0, a, w)
-except ValueError:
-    st.error(f"latents are integer ids separated by commas, got {latent_text!r}")
-    st.stop()
 except InterpError as e:
     C.show_error(e)
+    st.stop()
+except ValueError:
+    st.error(f"latents are integer ids separated by commas, got {latent_text!r}")
     st.stop()
 
 c = st.columns(4)

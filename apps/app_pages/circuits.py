@@ -41,9 +41,8 @@ if mode == "discover":
     c = st.columns([1, 2])
     task = c[0].selectbox("task", tasks, key="circuit_task")
     names = [i.name for i in infos]
-    first = next((i.name for i in infos if i.source == "run"), None) or next(
-        (i.name for i in infos if i.name.endswith("/topk")), names[0])
-    chosen = c[1].multiselect("SAEs to splice (one per hook)", names, default=[first],
+    chosen = c[1].multiselect("SAEs to splice (one per hook)", names,
+                              default=[C.default_sae(infos)],
                               key="circuit_saes")
     c = st.columns(3)
     prompts = c[0].slider("prompts", 4, 64, 16, 4, key="circuit_prompts")

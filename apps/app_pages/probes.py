@@ -61,8 +61,7 @@ default = [f"sae:{want_sae}"] if f"sae:{want_sae}" in sae_sources else []
 if not default:
     hook = infos[0].hook if infos else f"blocks.{layers // 2}.hook_resid_post"
     default = [f"hook:{hook}"] if f"hook:{hook}" in hooks else hooks[:1]
-    default += [s for s in sae_sources if sae_sources[s].source == "run"][:1] or \
-        list(sae_sources)[:1]
+    default += [f"sae:{C.default_sae(infos)}"] if infos else []
 sources = st.multiselect("sources (neurons / residual units at a hook, or SAE latents)",
                          hooks + list(sae_sources), default=default, key="probe_sources")
 c = st.columns(3)
@@ -98,7 +97,7 @@ st.plotly_chart(f1_figure(res), width="stretch")
 rows = []
 for source, r in res["sources"].items():
     for p in r["results"]:
-        rows.append({"source": source, "k": "dense" if p["k"] is None else p["k"],
+        rows.append({"source": source, "k": "dense" if p["k"] is None else str(p["k"]),
                      "F1": round(p["test"]["f1"], 3), "accuracy": round(p["test"]["accuracy"], 3),
                      "AUROC": round(p["test"]["auroc"], 3),
                      "units": ", ".join(map(str, (p["units"] or [])[:8]))})

@@ -90,10 +90,12 @@ def next_token_figure(model_name: str, before: list[tuple[int, float]],
 
 def single_token(model_name: str, model, text: str) -> int:
     """The id of one token typed by the user (an Othello square, or a string the tokenizer
-    reads as exactly one token, e.g. ``)``)."""
+    reads as exactly one token, e.g. ``)``; ``\\n`` and ``\\t`` stand for a newline and a tab)."""
     if model_name == "othello":
         return int(prompt_tokens(model_name, model, text)[0, 1:].reshape(-1)[0]) if len(
             text.split()) == 1 else _not_one(text)
+    if "\\" in text:  # typed escapes: \n for a newline, \t for a tab
+        text = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
     ids = model.to_tokens(text, prepend_bos=False)[0] if getattr(model, "tokenizer",
                                                                    None) else None
     if ids is None or len(ids) != 1:
