@@ -3,8 +3,6 @@ folder and its main widget works (pick a latent, move a threshold, fit a 1-k pro
 import json
 from pathlib import Path
 
-import pytest
-
 from app_fixtures import write_store_run
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "interp_app.py")
