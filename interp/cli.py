@@ -77,6 +77,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     if not args.no_app:
         from interp.app import serve
 
+        print(f"[9/9] starting the app on {args.out} (Ctrl-C stops it)")
         raise SystemExit(serve(args.out, args.port))
 
 
