@@ -135,8 +135,8 @@ def test_circuits_page_discovers_prunes_and_opens_a_node(monkeypatch, app_run, t
     data = discover_circuit(load("othello").requires_grad_(False),
                             saes_for([str(app_run / "saes" / "topk")]), "othello-legal", 4,
                             "atp", 8, curve=(4,))
-    from interp.viz.circuits import graph_from_json
-    save_graph(graph_from_json(data["graph"]), tmp_path / "c.json")
+    from interp.circuits.graph import from_json
+    save_graph(from_json(data["graph"]), tmp_path / "c.json")
     at.radio(key="circuit_mode").set_value("load a saved circuit").run()
     at.text_input(key="circuit_path").set_value(str(tmp_path / "c.json")).run()
     ok(at)

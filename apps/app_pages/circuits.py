@@ -6,9 +6,9 @@ import json
 import streamlit as st
 
 import app_common as C
-from interp.circuits.graph import faithfulness_figure, load_graph, prune, to_json
+from interp.circuits.graph import faithfulness_figure, from_json, load_graph, prune, to_json
 from interp.errors import InterpError
-from interp.viz.circuits import (circuit_figure, discover_circuit, graph_from_json, node_choices,
+from interp.viz.circuits import (circuit_figure, discover_circuit, node_choices,
                                  node_label, node_latent, tasks_for)
 from interp.viz.runs import find_circuits
 
@@ -85,7 +85,7 @@ if data is None:
     st.info("Run a discovery or choose a saved circuit.")
     st.stop()
 
-g = graph_from_json(data["graph"])
+g = from_json(data["graph"])
 f = data["faithfulness"]
 c = st.columns(4)
 c[0].metric("nodes", g.number_of_nodes() - 1)

@@ -99,6 +99,11 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     if data.get("format") != FORMAT:
         raise CorruptArtifactError(f"{path} is not a circuit file (format {data.get('format')!r}, "
                                    f"expected {FORMAT!r})")
+    return from_json(data)
+
+
+def from_json(data: dict) -> nx.DiGraph:
+    """The graph of a ``to_json`` dict."""
     g = nx.DiGraph(**data.get("metadata", {}))
     for n in data["nodes"]:
         n = dict(n)

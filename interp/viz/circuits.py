@@ -44,17 +44,6 @@ def discover_circuit(model, saes: dict, task_name: str, n_prompts: int = 16,
             "seconds": res["seconds"]}
 
 
-def graph_from_json(data: dict) -> nx.DiGraph:
-    g = nx.DiGraph(**data.get("metadata", {}))
-    for n in data["nodes"]:
-        n = dict(n)
-        g.add_node(n.pop("id"), **n)
-    for e in data["edges"]:
-        e = dict(e)
-        g.add_edge(e.pop("source"), e.pop("target"), **e)
-    return g
-
-
 def node_choices(g: nx.DiGraph) -> list[str]:
     """The graph's latent nodes, largest |effect| first."""
     nodes = [n for n, d in g.nodes(data=True) if n != OUTPUT and d.get("kind") == "latent"]
