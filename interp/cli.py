@@ -109,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                       wandb_project=args.wandb_project, model=args.model,
                       source=args.source, n_ctx=args.n_ctx, e2e_act=args.e2e_act,
                       ds_coeff=args.ds_coeff, encoder_dtype=args.encoder_dtype,
-                      compile=args.compile,
+                      compile=args.compile, device=args.device,
                       **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {}))
     res = train_sae(cfg)
     if res:
@@ -437,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=4096)
     t.add_argument("--steps", type=int, default=None, help="default: one epoch")
     t.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(latents/2^14)")
+    t.add_argument("--device", default="cpu",
+                   help="cpu or cuda (under torchrun each process takes its local GPU)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the SAE's loss (worth it on a GPU, where the sparse "
                    "ops run as torch code; compiling takes a minute)")

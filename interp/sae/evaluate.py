@@ -26,9 +26,10 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
     n, sq_err, l0 = 0, 0.0, 0.0
     sum_x = sum_x2 = None
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    device = sae.b_dec.device
     try:
         for x in batches:
-            x = x.float() * scale
+            x = x.to(device).float() * scale
             out = sae.forward_at_k(x, k) if k is not None else sae(x)
             sq_err += float((out.x_hat - x).double().square().sum())
             xs = x.double()

@@ -55,6 +55,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     encoder_dtype: str = "float32"   # or "bfloat16": the encoder product (top-k family)
     compile: bool = False            # torch.compile the SAE's loss (forward included)
+    device: str = "cpu"              # cuda: under torchrun each process takes its GPU
     eval_rows: int = 8192
     eval_every: int = 200
     dead_window_tokens: int = 500_000
@@ -103,11 +104,12 @@ def lr_factor(step: int, total: int, warmup: int, decay_start: float) -> float:
 class _Dist:
     """The process group when run under torchrun, else a single process."""
 
-    def __init__(self) -> None:
-        from interp.distributed import world
+    def __init__(self, device: str = "cpu") -> None:
+        from interp.distributed import rank_device, world
 
-        w = world("cpu")  # the trainer's tensors live on the CPU: gloo, even where CUDA is
+        w = world(device)  # gloo for CPU tensors (even where CUDA is), nccl for GPU ones
         self.world, self.rank = w.size, w.rank
+        self.device = torch.device(rank_device(device, w))
         self.main = self.rank == 0
 
     def all_reduce_mean_(self, tensors: list[torch.Tensor]) -> None:
@@ -170,7 +172,7 @@ class StoreObjective:
                                   part=(self.ddp.rank, self.ddp.world))
 
     def loss(self, sae, batch, step, dead, gen, scale):
-        x = batch * scale
+        x = batch.to(sae.b_dec.device, non_blocking=True) * scale
         loss, fwd, terms = sae.loss(x, step=step, dead=dead, generator=gen)
         return loss, fwd, terms, x
 
@@ -338,7 +340,10 @@ def apply_gradients(sae: SparseAutoencoder, opt: torch.optim.Optimizer, loss: to
 
 def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the SAE described by ``cfg``; returns the final metrics."""
-    ddp = _Dist()
+    ddp = _Dist(cfg.device)
+    device = ddp.device
+    if cfg.end_to_end and device.type != "cpu":
+        raise DataError("end-to-end (KL) training runs on the CPU for now; drop --device")
     out = Path(cfg.out)
     if (out / "sae_weights.safetensors").exists() and not (out / CHECKPOINT).exists():
         raise DataError(f"{out} already holds a trained SAE; choose another --out or delete it")
@@ -351,21 +356,21 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     sae_cfg = cfg.sae_config(d_in)
     sae_cfg.metadata = objective.metadata
     torch.manual_seed(cfg.seed)
-    sae = SparseAutoencoder(sae_cfg)
+    sae = SparseAutoencoder(sae_cfg).to(device)
     sae.encoder_dtype = encoder_dtype(cfg.encoder_dtype)
     if cfg.compile:  # on CPU the sparse kernels leave little to fuse; on a GPU the fallbacks
         sae.loss = torch.compile(sae.loss)
     opt = SAEAdam(sae, lr=cfg.learning_rate(), betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.warmup_steps, cfg.decay_start))
-    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
     ckpt_path = out / CHECKPOINT
     start = 0
     if ckpt_path.exists():
         start = _load_checkpoint(ckpt_path, cfg, sae, opt, sched, since_fired)
         scale = float(sae.activation_scale)
     else:
-        sample = objective.init_sample()
+        sample = objective.init_sample().to(device)
         scale = activation_scale(sample)
         sae.activation_scale.fill_(scale)
         sae.init_b_dec(sample * scale)
@@ -440,7 +445,7 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
                 str(kp): {k: v for k, v in objective.evaluate(sae, scale, kp).items()
                           if k != "density"}
                 for kp in k_grid(sae_cfg.k)}
-        save_sae(sae, out)
+        save_sae(sae.cpu(), out)
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.write(json.dumps({"step": steps, "eval": {k: v for k, v in ev.items()
                                                       if k != "density"}}) + "\n")
@@ -474,7 +479,7 @@ def _save_checkpoint(path: Path, cfg, sae, opt, sched, since_fired, step: int) -
 
 def _load_checkpoint(path: Path, cfg, sae, opt, sched, since_fired) -> int:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location=sae.b_dec.device, weights_only=False)
     except Exception as e:  # pickle and zip errors of a truncated file
         raise CorruptArtifactError(f"checkpoint {path} is corrupt or truncated ({e}); delete "
                                    f"it to start over") from e
