@@ -714,8 +714,12 @@ def write_store(out: str | Path, metadata: dict, tables: dict, logits: dict | No
         con.executemany("INSERT INTO metadata VALUES (?, ?)",
                         [(k, json.dumps(v)) for k, v in metadata.items()])
         con.execute("CHECKPOINT")
-    finally:
+    except BaseException:
         con.close()
+        for p in (tmp, Path(str(tmp) + ".wal")):
+            p.unlink(missing_ok=True)
+        raise
+    con.close()
     os.replace(tmp, out)
     return out
 
