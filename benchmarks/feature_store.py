@@ -130,6 +130,10 @@ def main() -> None:
           f"ratio {n_tok / t_stream / bare:.3f}")
     print(f"build, end to end         : {t_build:8.2f} s  {n_tok / t_build:10,.0f} tok/s  "
           f"ratio {n_tok / t_build / bare:.3f}  (target >= 0.8)")
+    t_model = float(fs.meta["model_seconds"])
+    print(f"inside the build, same batches: forward + encode {t_model:.2f} s, recording "
+          f"{t_stream - t_model:.2f} s, finalising + writing {t_build - t_stream:.2f} s; "
+          f"ratio {t_model / t_build:.3f}")
     bare_cpu = (n1 + n2) / (c1 + c2)
     print(f"the same in process CPU time (immune to other processes' time slices): bare "
           f"{c1 + c2:.2f} s, build {c_build:.2f} s, ratio {n_tok / c_build / bare_cpu:.3f}")

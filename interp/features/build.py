@@ -536,12 +536,17 @@ def stream_features(model, sae, hook: str, source, cfg: FeatureConfig,
         pending_rows = 0
 
     t0 = time.perf_counter()
+    model_seconds = 0.0  # the forward + encode share of the stream (the rest: recording)
     with torch.inference_mode(), model.hooks(fwd_hooks=[(hook, capture)]):
         for tokens in prefetch(batches(source, n_ctx, cfg.batch_size, max_contexts=n_contexts)):
+            tm = time.perf_counter()
             model(tokens.to(model.cfg.device), stop_at_layer=stop)
             x = captured.pop("x")
             x = x.reshape(-1, sae.cfg.d_in).to(sae.W_dec.device)
             codes = encode(sae, x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            model_seconds += time.perf_counter() - tm
             if codes.acts is not None:
                 record()
                 codes.acts = codes.acts.cpu()
@@ -558,7 +563,8 @@ def stream_features(model, sae, hook: str, source, cfg: FeatureConfig,
     if acc.n_contexts < n_contexts:
         print(f"note: the token source ran out after {acc.n_contexts} contexts "
               f"({n_contexts} requested)")
-    return acc, {"stream_seconds": time.perf_counter() - t0, "n_ctx": n_ctx}
+    return acc, {"stream_seconds": time.perf_counter() - t0, "model_seconds": model_seconds,
+                 "n_ctx": n_ctx}
 
 
 def build_feature_store(model, sae, hook: str, source, cfg: FeatureConfig, out: str | Path,
@@ -585,7 +591,8 @@ def build_feature_store(model, sae, hook: str, source, cfg: FeatureConfig, out: 
         "source": getattr(source, "describe", lambda: str(source))(),
         "config": {k: v for k, v in asdict(cfg).items() if k != "device"},
         "hist_edges": cfg.hist_edges().tolist(), "logit_effects": logits is not None,
-        "stream_seconds": info["stream_seconds"], **(meta or {}),
+        "stream_seconds": info["stream_seconds"], "model_seconds": info["model_seconds"],
+        **(meta or {}),
     }
     metadata["build_seconds"] = time.perf_counter() - t0  # written last, see write_store
     return write_store(out, metadata, tables, logits, vocab, t0)
