@@ -35,6 +35,16 @@ def run_path() -> Path:
     return Path(st.session_state.get("run") or default_run())
 
 
+def existing_run() -> Path:
+    """The run folder; the page stops, saying how to make one, if it does not exist."""
+    run = run_path()
+    if not run.exists():
+        st.error(f"No run folder at {run.resolve()}. Create one with `interp harvest ... "
+                 f"--out {run}` or `make demo`.")
+        st.stop()
+    return run
+
+
 def page_link(page: str, label: str, **query) -> None:
     """A link to another page of the app with query parameters (deep link)."""
     st.page_link(PAGES[page][0], label=label,

@@ -25,7 +25,7 @@ PROBE_ROWS = 30_000
 def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 300,
              feature_tokens: int = 30_000) -> dict:
     from interp.activations.harvest import HarvestConfig, harvest
-    from interp.data.sources import OthelloSource
+    from interp.data.sources import from_description
     from interp.models.evaluate import fit_linear_probe
 
     out_path = Path(out)
@@ -54,8 +54,7 @@ def run_demo(out: str = "runs/demo", n_tokens: int = 200_000, sae_steps: int = 3
 
     print(f"[3/9] linear board-state probe (empty/mine/theirs per square) on the first "
           f"{min(store.n_rows, PROBE_ROWS):,} stored rows")
-    source = OthelloSource(**{k: v for k, v in store.manifest["source"].items()
-                              if k in ("seed",)})
+    source = from_description(store.manifest["source"])
     games = source.games(0, store.n_contexts)
     rows = np.arange(min(store.n_rows, PROBE_ROWS))  # whole games: 80% fit, 20% test
     ctx, pos = store.locate(rows)

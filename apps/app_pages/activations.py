@@ -18,11 +18,7 @@ def cached_values(path: str, hook: str, unit: int, max_rows: int):
 
 
 st.title("Activations")
-run = C.run_path()
-if not run.exists():
-    st.error(f"No run folder at {run.resolve()}. Create one with `interp harvest ... "
-             f"--out {run}` or `make demo`.")
-    st.stop()
+run = C.existing_run()
 if not (run / "activations").exists():
     st.info(f"{run} has no activation store (`interp harvest ... --out {run}` writes one).")
     st.stop()

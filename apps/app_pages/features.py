@@ -5,10 +5,7 @@ import streamlit as st
 import app_common as C
 
 st.title("Features")
-run = C.run_path()
-if not run.exists():
-    st.error(f"No run folder at {run.resolve()}.")
-    st.stop()
+run = C.existing_run()
 model_name = C.run_model(run)
 stores = [i for i in C.sae_infos(run, model_name) if i.feature_store is not None]
 if not stores:

@@ -7,11 +7,7 @@ import app_common as C
 from interp.viz.runs import fvu_l0_figure, run_meta
 
 st.title("Overview")
-run = C.run_path()
-if not run.exists():
-    st.error(f"No run folder at {run.resolve()}. Create one with `interp harvest ... --out "
-             f"{run}` or `make demo`.")
-    st.stop()
+run = C.existing_run()
 
 meta = run_meta(run)
 model_name = meta.get("model")

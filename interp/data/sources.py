@@ -366,6 +366,28 @@ SOURCE_KINDS = ["othello", "pycode", "pycode:train", "pycode:test", "hf:DATASET[
                 "a path to .txt / folder / .jsonl / .parquet"]
 
 
+def from_description(desc: dict, model=None) -> TokenSource:
+    """The source a ``describe()`` dict (a store manifest's ``source``, run.json's
+    ``dataset``) stands for: the inverse of ``TokenSource.describe``."""
+    kind = desc.get("kind") if isinstance(desc, dict) else None
+    if kind == "othello":
+        return OthelloSource(seed=desc.get("seed", OTHELLO_HARVEST_SEED),
+                               n_games=desc.get("n_games"))
+    if kind == "pycode":
+        tok = desc.get("tokenizer")
+        return PycodeSource(tokenizer_path=tok if tok and Path(tok).exists() else None,
+                              split=desc.get("split", "train"))
+    if kind == "hf":
+        return HFDatasetSource(desc["dataset"], getattr(model, "tokenizer", None), split=desc.get("split", "train"),
+                                 text_column=desc.get("text_column", "text"),
+                                 config=desc.get("config"))
+    if kind == "local":
+        return LocalTextSource(desc["path"], getattr(model, "tokenizer", None),
+                                 text_column=desc.get("text_column", "text"))
+    raise DataError(f"the run's dataset {desc!r} is not a token source this version knows; "
+                    f"give one with --source")
+
+
 def make_source(spec: str, model=None, tokenizer=None, **kwargs) -> TokenSource:
     """A source from its spec string (see module docstring)."""
     spec = str(spec)

@@ -777,29 +777,6 @@ def resolve_sae(spec: str, run_dir: Path | None = None):
                   spec, names)
 
 
-def source_from_description(desc: dict, model):
-    """The token source that a run's run.json (``dataset``) describes."""
-    from interp.data import sources as S
-
-    kind = desc.get("kind") if isinstance(desc, dict) else None
-    if kind == "othello":
-        return S.OthelloSource(seed=desc.get("seed", S.OTHELLO_HARVEST_SEED),
-                               n_games=desc.get("n_games"))
-    if kind == "pycode":
-        tok = desc.get("tokenizer")
-        return S.PycodeSource(tokenizer_path=tok if tok and Path(tok).exists() else None,
-                              split=desc.get("split", "train"))
-    if kind == "hf":
-        return S.HFDatasetSource(desc["dataset"], model.tokenizer, split=desc.get("split", "train"),
-                                 text_column=desc.get("text_column", "text"),
-                                 config=desc.get("config"))
-    if kind == "local":
-        return S.LocalTextSource(desc["path"], model.tokenizer,
-                                 text_column=desc.get("text_column", "text"))
-    raise DataError(f"the run's dataset {desc!r} is not a token source this version knows; "
-                    f"give one with --source")
-
-
 def default_out(run_dir: Path, sae_name: str) -> Path:
     return run_dir / FEATURES_SUBDIR / f"{sae_name}.duckdb"
 
@@ -840,7 +817,9 @@ def build_for_run(run: str | Path | None, sae: str, cfg: FeatureConfig,
     if source:
         src = make_source(source, model=model)
     elif run_meta.get("dataset"):
-        src = source_from_description(run_meta["dataset"], model)
+        from interp.data.sources import from_description
+
+        src = from_description(run_meta["dataset"], model)
     else:
         src = make_source(default_source(model_name), model=model)
     if out is None:
