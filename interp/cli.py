@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from interp.errors import DataError, InterpError
+from interp.errors import DataError, InterpError, UsageError
 
 
 def _cmd_harvest(args: argparse.Namespace) -> None:
@@ -51,7 +51,7 @@ def _cmd_model(args: argparse.Namespace) -> None:
               "folder also works where its weights are available.")
         return
     if not args.name:
-        raise SystemExit(f"interp model {args.action}: name a model")
+        raise UsageError(f"interp model {args.action}: name a model (othello or pycode)")
     if args.action == "train":
         from interp.models.train import train_embedded
 
@@ -81,28 +81,19 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise SystemExit(serve(args.out, args.port))
 
 
-def _parse_options(pairs: list[str] | None) -> dict:
-    """``key=value`` pairs; values parsed as JSON when they can be (numbers, lists, bools)."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --option takes key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def _cmd_train(args: argparse.Namespace) -> None:
-    from interp.sae.trainer import TrainConfig, train_sae
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig of ``interp train``, with ``--option`` values typed by the SAE
+    config's fields (checked before anything is written)."""
+    from interp.config import typed_options
+    from interp.sae.core import SAEConfig
+    from interp.sae.trainer import FLAG_OF_SAE_FIELD, TrainConfig
 
     if not args.store and args.arch not in ("e2e", "e2e+ds"):
-        raise SystemExit("error: --store is required (only --arch e2e / e2e+ds train from "
-                         "tokens, with --model)")
-    cfg = TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=args.arch,
-                      d_sae=args.latents, k=args.k, sae_options=_parse_options(args.option),
+        raise UsageError("--store is required (only --arch e2e / e2e+ds train from tokens, "
+                         "with --model)")
+    options = typed_options(args.option, SAEConfig, FLAG_OF_SAE_FIELD)
+    return TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=args.arch,
+                      d_sae=args.latents, k=args.k, sae_options=options,
                       batch_size=args.batch_size, steps=args.steps, lr=args.lr,
                       eval_rows=args.eval_rows, seed=args.seed,
                       checkpoint_every=args.checkpoint_every,
@@ -111,7 +102,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
                       ds_coeff=args.ds_coeff, encoder_dtype=args.encoder_dtype,
                       compile=args.compile, device=args.device,
                       **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {}))
-    res = train_sae(cfg)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from interp.sae.trainer import train_sae
+
+    res = train_sae(args.train_config)
     if res:
         ev = res["eval"]
         print(f"saved {args.out}: FVU {ev['fvu']:.4f}, L0 {ev['l0']:.1f}, dead "
@@ -119,17 +115,33 @@ def _cmd_train(args: argparse.Namespace) -> None:
               f"on {ev['n_tokens']:,} held-out tokens")
 
 
+def _eval_out(args: argparse.Namespace):
+    """Where ``interp eval`` writes; a shipped SAE's own files are never rewritten."""
+    from interp.outputs import eval_folder
+
+    for flag in ("tokens", "contexts"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    out = eval_folder(args.sae, args.out, args.store)
+    if out is None:
+        raise UsageError(f"{args.sae} is a shipped SAE, whose files are not rewritten: give "
+                         f"--out FOLDER for its evaluation (or --store RUN to write "
+                         f"RUN/evals/)")
+    return out
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from interp.sae.evaluate import evaluate_sae
 
     res = evaluate_sae(args.sae, store=args.store, model=args.model, source=args.source,
-                       tokens=args.tokens, contexts=args.contexts, k=args.k)
+                       tokens=args.tokens, contexts=args.contexts, k=args.k,
+                       out=args.eval_out)
     short = {k: v for k, v in res.items() if k not in ("spliced", "reconstruction_by_k")}
     print(json.dumps(short, indent=2))
     if "reconstruction_by_k" in res:
         print("FVU by k': " + ", ".join(f"{k}: {v['fvu']:.4f}"
                                         for k, v in res["reconstruction_by_k"].items()))
-    print(f"wrote {args.sae}/eval.json and its figures")
+    print(f"wrote {args.eval_out}/eval.json and its figures")
 
 
 def _feature_readout(spec: str):
@@ -140,7 +152,7 @@ def _feature_readout(spec: str):
     _, _, rest = spec.partition(":")
     name, _, latent = rest.rpartition(":")
     if not name or not latent.isdigit():
-        raise SystemExit(f"error: --metric {spec!r}: use feature:SAE:LATENT, e.g. "
+        raise UsageError(f"--metric {spec!r}: use feature:SAE:LATENT, e.g. "
                          f"feature:othello/blocks.3.hook_resid_post/topk:123")
     (sae,) = saes_for([name]).values()
     return Readout.from_sae(sae, int(latent))
@@ -159,13 +171,13 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     if args.run:
         names += run_saes(args.run, args.arch)
     if not names:
-        raise SystemExit("error: give --run RUN (its SAEs) or --sae NAME_OR_FOLDER")
+        raise UsageError("give --run RUN (its SAEs) or --sae NAME_OR_FOLDER")
     saes = saes_for(names)
     model_name = args.model or next(iter(saes.values())).cfg.metadata.get("model_name")
     if not model_name:
-        raise SystemExit("error: the SAEs do not record their model; give --model")
+        raise UsageError("the SAEs do not record their model; give --model")
     if args.task in BUILTIN and BUILTIN[args.task][0] != model_name:
-        raise SystemExit(f"error: task {args.task} is for the {BUILTIN[args.task][0]} model, "
+        raise UsageError(f"task {args.task} is for the {BUILTIN[args.task][0]} model, "
                          f"these SAEs are for {model_name}")
     model = load(model_name).requires_grad_(False)
     spliced = SplicedModel(model, saes)
@@ -236,7 +248,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
               + (f"; skipped (L0): " + ", ".join(f"{n.rsplit('/', 1)[1]} ({v:.1f})"
                                                  for n, v in skipped) if skipped else ""))
     if not sources:
-        raise SystemExit("error: give --source (repeatable) or --sweep MODEL/HOOK")
+        raise UsageError("give --source (repeatable) or --sweep MODEL/HOOK")
     for spec in sources:
         kind, _, name = spec.partition(":")
         if kind != "sae" or name in saes:
@@ -248,7 +260,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
             saes[name] = next(iter(saes_for([name]).values()))
     model_name = args.model or args.task.split("-")[0]
     if model_name not in ("othello", "pycode") and not args.model:
-        raise SystemExit("error: give --model for a labelled-text file")
+        raise UsageError("give --model for a labelled-text file")
     model = load(model_name)
     model.eval()
     res = compare_sources(model, args.task, sources, saes, ks=args.k, method=args.method,
@@ -279,11 +291,11 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
         tokens = model.to_tokens(args.prompt, prepend_bos=True)
         reference = None
     else:
-        raise SystemExit("error: give --task TASK or --prompt TEXT")
-    latents = [int(v) for v in args.latents.split(",")]
+        raise UsageError("give --task TASK or --prompt TEXT")
+    latents = args.latents
     if args.alpha is not None or args.clamp is not None:
         if len(latents) != 1:
-            raise SystemExit("error: steer one latent at a time")
+            raise UsageError("steer one latent at a time (--latents N with --alpha or --clamp)")
         rep = steer(spliced, hook, tokens, latents[0], alpha=args.alpha, clamp=args.clamp,
                     task=task)
         what = f"steered latent {latents[0]} " + (f"by alpha={args.alpha}" if args.alpha
@@ -311,7 +323,7 @@ def _cmd_features(args: argparse.Namespace) -> None:
         before, _, after = args.window.partition(",")
         window = (int(before), int(after or 0))
     except ValueError:
-        raise SystemExit(f"error: --window takes BEFORE,AFTER (tokens), got {args.window!r}")
+        raise UsageError(f"--window takes BEFORE,AFTER (tokens), got {args.window!r}")
     cfg = FeatureConfig(n_tokens=args.tokens, top_n=args.top, window=window,
                         batch_size=args.batch, quantile_bins=args.quantile_bins,
                         samples_per_bin=args.samples, top_tokens=args.top_tokens,
@@ -336,11 +348,13 @@ def _cmd_saes(args: argparse.Namespace) -> None:
         print("no shipped SAEs registered yet: build them with `make saes`")
         return
     fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+    # the number of active latents is a setting of the top-k family only
+    k_of = lambda e: e["k"] if e["arch"] not in ("relu", "jumprelu") else "-"  # noqa: E731
     if args.markdown:  # the README's table
         print("| name | latents | k | FVU | L0 | dead % | CE-loss recovered | KL (nats/token) |")
         print("|---|---|---|---|---|---|---|---|")
         for name, e in reg.items():
-            k = e["k"] if e["arch"] not in ("relu", "jumprelu") else "-"
+            k = k_of(e)
             dead = e.get("dead_fraction")
             print(f"| `{name}` | {e['d_sae']} | {k} | {fmt(e.get('fvu'), '.3f')} | "
                   f"{fmt(e.get('l0'), '.1f')} | {fmt(None if dead is None else 100 * dead, '.1f')} "
@@ -348,7 +362,8 @@ def _cmd_saes(args: argparse.Namespace) -> None:
         return
     print(f"{'name':52s} {'d_sae':>6s} {'k':>3s} {'FVU':>7s} {'L0':>6s} {'CE rec.':>7s}")
     for name, e in reg.items():
-        print(f"{name:52s} {e['d_sae']:6d} {e['k']:3d} {fmt(e.get('fvu'), '7.4f')} "
+        k = k_of(e)
+        print(f"{name:52s} {e['d_sae']:6d} {k:>3} {fmt(e.get('fvu'), '7.4f')} "
               f"{fmt(e.get('l0'), '6.1f')} {fmt(e.get('ce_loss_recovered'), '7.3f')}")
     print("load one with interp.sae.release.load_pretrained(NAME), or its folder with "
           "sae_lens.SAE.load_from_disk")
@@ -361,13 +376,32 @@ def _cmd_app(args: argparse.Namespace) -> None:
 
     run = args.run_option or args.run
     if not Path(run).exists():
-        raise SystemExit(f"error: no run folder at {run}; create one with `interp harvest` "
-                         f"or `make demo`")
+        raise UsageError(f"no run folder at {run}; create one with `interp harvest` or "
+                         f"`make demo`")
     raise SystemExit(serve(run, args.port, args.address))
 
 
+def int_list(text: str) -> list[int]:
+    """``"1,2,8"`` -> [1, 2, 8] (an argparse type: a bad value is a one-line usage error)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,8; "
+                                         f"got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: interp CMD: what was wrong (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0] + " "
+    p = Parser(prog="interp", description=__doc__.splitlines()[0] + " "
                                 "Run `interp SUBCOMMAND --help` for each subcommand.")
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
@@ -389,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
     h.add_argument("--shard-rows", type=int, default=2**18, help="rows per shard file")
     h.add_argument("--device", default="cpu")
+    h.add_argument("--force", action="store_true", help="replace output files even when "
+                   "they are not what this command writes (never needed to resume)")
     h.set_defaults(func=_cmd_harvest)
 
     i = sub.add_parser("info", help="summarise an activation store or run folder",
@@ -461,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e2e+ds: weight of the downstream reconstruction terms")
     t.add_argument("--eval-contexts", type=int, default=None,
                    help="e2e: held-out contexts for evaluation (default 64)")
+    t.add_argument("--force", action="store_true", help="replace output files even when "
+                   "they are not what this command writes (never needed to resume)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved SAE",
@@ -477,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokens", type=int, default=50_000)
     e.add_argument("--contexts", type=int, default=64)
     e.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
+    e.add_argument("--out", default=None, help="folder for eval.json and the figures "
+                   "(default: the SAE's folder; for a shipped SAE, RUN/evals/NAME of the run "
+                   "given as --store)")
+    e.add_argument("--force", action="store_true", help="replace output files even when "
+                   "they are not what this command writes (never needed to resume)")
     e.set_defaults(func=_cmd_eval)
 
     c = sub.add_parser("circuit", help="discover a sparse feature circuit for a task",
@@ -507,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nodes are latents summed over positions (default: one per position)")
     c.add_argument("--linear", action="store_true",
                    help="edges with attention patterns and LayerNorm scales frozen")
-    c.add_argument("--curve", type=lambda s: [int(v) for v in s.split(",")], default=None,
+    c.add_argument("--curve", type=int_list, default=None,
                    help="also the faithfulness of the top-n nodes for these n, e.g. 5,10,50")
     c.add_argument("--ablation", default=None, choices=["counterfactual", "mean"],
                    help="faithfulness: what nodes outside the circuit are set to (default: "
@@ -516,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also patch the top N nodes one by one (exact) and print the Spearman "
                    "correlation of the AtP and IG scores with it")
     c.add_argument("--out", default="circuit.json")
+    c.add_argument("--force", action="store_true", help="replace output files even when "
+                   "they are not what this command writes (never needed to resume)")
     c.set_defaults(func=_cmd_circuit)
 
     pr = sub.add_parser("probe", help="k-sparse probes on neurons or SAE latents",
@@ -539,13 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "repeat to compare")
     pr.add_argument("--run", default=None)
     pr.add_argument("--model", default=None)
-    pr.add_argument("--k", type=lambda s: [int(v) for v in s.split(",")],
+    pr.add_argument("--k", type=int_list,
                     default=[1, 2, 4, 8, 16, 32, 64])
     pr.add_argument("--method", default="f_stat",
                     choices=["mean_diff", "f_stat", "l1", "greedy", "exact"])
     pr.add_argument("--contexts", type=int, default=256)
     pr.add_argument("--examples", type=int, default=10_000)
     pr.add_argument("--out", default="probe.json")
+    pr.add_argument("--force", action="store_true", help="replace output files even when "
+                   "they are not what this command writes (never needed to resume)")
     pr.set_defaults(func=_cmd_probe)
 
     ab = sub.add_parser("ablate", help="ablate or steer SAE latents and measure the effect",
@@ -554,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompts or on a prompt; print the change of the next-token loss, of "
                         "the task metric, and the tokens whose probability moves most.")
     ab.add_argument("--sae", required=True, help="registry name or SAE folder")
-    ab.add_argument("--latents", required=True, help="comma-separated latent ids")
+    ab.add_argument("--latents", required=True, type=int_list,
+                    help="comma-separated latent ids, e.g. 12,40")
     ab.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"])
     ab.add_argument("--alpha", type=float, default=None, help="steer: add alpha * W_dec[latent]")
     ab.add_argument("--clamp", type=float, default=None, help="steer: set the latent to this")
@@ -595,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--device", default="cpu")
     fe.add_argument("--out", default=None, help="the .duckdb file (default "
                     "RUN/features/<sae>.duckdb)")
+    fe.add_argument("--force", action="store_true", help="replace output files even when "
+                   "they are not what this command writes (never needed to resume)")
     fe.set_defaults(func=_cmd_features)
 
     r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
@@ -614,20 +664,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# checks of a command's flags that run before its output is claimed (nothing written yet)
+BEFORE_WORK = {"train": lambda a: setattr(a, "train_config", _train_config(a)),
+               "eval": lambda a: setattr(a, "eval_out", _eval_out(a))}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: parse (a --config file merged in), check the flags, claim and lock
+    the output (``interp.outputs``), work, store the resolved config. A user's error is one
+    line and exit 2; Ctrl-C one line and exit 130."""
     from interp.config import SAVE_BEFORE, parse_args, save_resolved
+    from interp.errors import Interrupted
+    from interp.outputs import PLANS, claim
 
     parser = build_parser()
     try:
-        args = parse_args(parser, argv)  # with a subcommand's --config FILE merged in
-        if args.command in SAVE_BEFORE:
-            save_resolved(parser, args)
-        ret = args.func(args)
-        if args.command not in SAVE_BEFORE:
-            save_resolved(parser, args, ret)  # e.g. OUT/config.yaml: `interp --config` it
+        args = parse_args(parser, argv)
+        if args.command in BEFORE_WORK:
+            BEFORE_WORK[args.command](args)
+        plan = PLANS[args.command](args) if args.command in PLANS else None
+        with claim(plan, force=getattr(args, "force", False)):
+            if args.command in SAVE_BEFORE:
+                save_resolved(parser, args)
+            ret = args.func(args)
+            if args.command not in SAVE_BEFORE:
+                save_resolved(parser, args, ret)  # e.g. OUT/config.yaml: `interp --config` it
     except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        said = str(e) if isinstance(e, Interrupted) else ""
+        print(f"interrupted{': ' + said if said else ''}; rerun the same command to "
+              f"{'resume' if said else 'start again (harvest and train resume where they stopped)'}",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -48,7 +48,7 @@ OUTPUT_CONFIG: dict[str, Callable[[argparse.Namespace, Any], Path | None]] = {
     "harvest": _in_dir("out"),
     "train": _in_dir("out"),
     "demo": _in_dir("out"),
-    "eval": lambda a, ret: Path(a.sae) / "eval_config.yaml" if Path(a.sae).is_dir() else None,
+    "eval": lambda a, ret: Path(a.eval_out) / "eval_config.yaml",
     "circuit": _beside,
     "probe": _beside,
     "features": _beside,
@@ -335,3 +335,83 @@ def save_resolved(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if path is None:
         return None
     return write_config(path, resolved(parser, args))
+
+
+# ---------------------------------------------------------------- --option KEY=VALUE
+def _typed(key: str, text: str, hint: Any) -> Any:
+    """``text`` as a value of the annotation ``hint`` (bool, int, float, str, a tuple or list
+    of ints, dict, each optionally ``| None``)."""
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if type(None) in args and text.strip().lower() in ("none", "null"):
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    bad = lambda what: ConfigError(  # noqa: E731
+        f"--option {key}={text}: expected {what}")
+    if hint is bool:
+        word = text.strip().lower()
+        if word in ("true", "yes", "1", "on"):
+            return True
+        if word in ("false", "no", "0", "off"):
+            return False
+        raise bad("true or false")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise bad("an integer") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise bad("a number") from None
+    if hint is str:
+        return text
+    origin = typing.get_origin(hint)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if origin in (tuple, list):
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                for v in value)):
+            raise bad("a list of integers such as [256,1024,4096]")
+        return origin(value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise bad("a JSON object")
+        return value
+    return text
+
+
+def typed_options(pairs: Sequence[str] | dict | None, cls: type,
+                  set_by_flags: dict[str, str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (or a mapping of them) as a dict of ``cls``'s fields, each value
+    parsed by its field's type; an unknown key, a bad value, or a key that one of the
+    command's flags sets (``set_by_flags``: field -> flag) is a one-line error."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    items = list(pairs.items()) if isinstance(pairs, dict) else []
+    for pair in [] if isinstance(pairs, dict) else pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option takes KEY=VALUE, got {pair!r}")
+        items.append((key.strip(), value))
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if key in set_by_flags:
+            raise ConfigError(f"--option {key}=...: {key} is set by {set_by_flags[key]}; use "
+                              f"that instead")
+        if key not in names:
+            near = closest(key, [n for n in names if n not in set_by_flags], 3)
+            raise ConfigError(f"--option {key}: unknown setting" + (
+                f" (did you mean {', '.join(near)}?)" if near else "") + "; valid: "
+                + ", ".join(n for n in names if n not in set_by_flags))
+        out[key] = value if not isinstance(value, str) else _typed(key, value, hints[key])
+    return out

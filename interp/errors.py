@@ -24,6 +24,23 @@ class CorruptArtifactError(InterpError, RuntimeError):
     """An artifact on disk (store, checkpoint, model folder) is missing files or truncated."""
 
 
+class UsageError(InterpError, ValueError):
+    """Flags that do not fit together, or a flag's value in the wrong form."""
+
+
+class MismatchError(DataError):
+    """Artifacts that do not belong together: a dictionary and another model, store or hook,
+    or a checkpoint and other settings."""
+
+
+class OutputError(InterpError, OSError):
+    """An output path that cannot be written, or holds something the command does not own."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command had done and how to resume (the CLI exits 130)."""
+
+
 def closest(name: str, valid: Iterable[str], n: int = 8) -> list[str]:
     """Valid names ordered by similarity to ``name`` (closest first)."""
     valid = list(dict.fromkeys(valid))

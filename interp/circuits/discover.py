@@ -32,12 +32,11 @@ class CircuitConfig:
 
 def saes_for(names: list[str]) -> dict:
     """{hook: SAE} from registry names or SAE folders (the hook from each SAE's metadata)."""
-    from interp.sae.io import load_sae
-    from interp.sae.release import load_pretrained, registry
+    from interp.sae.release import load_named
 
     out = {}
     for name in names:
-        sae = load_pretrained(name) if name in registry() else load_sae(name)
+        sae, _ = load_named(name)
         hook = sae.cfg.metadata.get("hook_name")
         if not hook:
             raise DataError(f"the SAE {name} does not record its hook (metadata hook_name)")

@@ -61,6 +61,7 @@ class SplicedModel:
     """A model with SAEs at a set of hook points; see the module docstring."""
 
     def __init__(self, model, saes: Mapping[str, SparseAutoencoder | str | Path]):
+        from interp.provenance import check_dictionary
         from interp.sae.io import load_sae
 
         if not saes:
@@ -74,17 +75,8 @@ class SplicedModel:
             sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
             self.saes[hook] = sae.eval()
         self.hooks = sorted(self.saes, key=order.index)  # in the model's order
-        self._check_widths()
-
-    def _check_widths(self) -> None:
-        from interp.activations.harvest import probe_hook_widths
-
-        widths = probe_hook_widths(self.model, self.hooks, min(self.model.cfg.n_ctx, 4))
-        for hook in self.hooks:
-            d_in = self.saes[hook].cfg.d_in
-            if widths[hook] != d_in:
-                raise DataError(f"the SAE for {hook!r} takes d_in={d_in}, but the hook gives "
-                                f"activations of width {widths[hook]}")
+        for hook in self.hooks:  # another model's SAE, or another hook's, is refused
+            check_dictionary(self.saes[hook], name=f"for {hook}", model=model, hook=hook)
 
     # -------------------------------------------------------------- encoding
     def encode(self, hook: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

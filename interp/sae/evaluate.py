@@ -25,8 +25,8 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
     sae.eval()
     n, sq_err, l0 = 0, 0.0, 0.0
     sum_x = sum_x2 = None
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     device = sae.b_dec.device
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
     try:
         for x in batches:
             x = x.to(device).float() * scale
@@ -41,9 +41,11 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
     finally:
         sae.train(was)
     if n == 0:
-        raise ValueError("no rows to evaluate on")
+        from interp.errors import DataError
+
+        raise DataError("no rows to evaluate on (the store or the --tokens budget is empty)")
     total_var = sum_x2 - float(sum_x.square().sum()) / n
-    density = fired / n
+    density = (fired / n).cpu()
     return {"mse": sq_err / n, "fvu": sq_err / max(total_var, 1e-12), "l0": l0 / n,
             "dead_fraction": float((density == 0).double().mean()),
             "dense_fraction": float((density > DENSE_FREQUENCY).double().mean()),
@@ -88,7 +90,9 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
     (the BOS prediction of token 1 included) counts like any other.
     """
     if ablation not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation {ablation!r}; valid: zero, mean")
+        from interp.errors import unknown
+
+        raise unknown("ablation", ablation, ["zero", "mean"])
     was = sae.training
     sae.eval()
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_ablated": 0.0, "kl": 0.0}
@@ -112,7 +116,9 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
     finally:
         sae.train(was)
     if n == 0:
-        raise ValueError("no token batches to evaluate on")
+        from interp.errors import DataError
+
+        raise DataError("no token batches to evaluate on (the token source gave no context)")
     res = {k: v / n for k, v in sums.items()}
     gap = res["ce_ablated"] - res["ce_clean"]
     res["ce_loss_recovered"] = (res["ce_ablated"] - res["ce_spliced"]) / gap if gap else float("nan")
@@ -142,9 +148,11 @@ EVAL_OTHELLO_SEED = 987_654_321
 
 def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = None,
                  source: str | None = None, tokens: int = 50_000, contexts: int = 64,
-                 k: int | None = None, write: bool = True) -> dict:
+                 k: int | None = None, write: bool = True, out: str | None = None) -> dict:
     """Every metric of a saved SAE; writes ``eval.json`` and plotly figures (HTML) into its
-    folder when ``write``.
+    folder (or ``out``) when ``write``. The SAE is checked against the store and the model
+    first (``interp.provenance``): another model, hook or width is refused. ``eval.json``
+    records the store, hook and model it was computed on.
 
     - with ``store``: MSE, FVU, L0, dead/dense fractions and the latent density on the
       store's last ``tokens`` rows (HierarchicalTopK: also at every k' of a grid);
@@ -157,21 +165,39 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
     from interp.activations.harvest import open_store
     from interp.data.sources import batches as token_batches
     from interp.errors import DataError
-    from interp.sae.io import load_sae
+    from interp.provenance import check_dictionary
+    from interp.sae.release import load_named
     from interp.viz.sae import density_histogram, fvu_by_k, training_curves
 
-    folder = Path(sae_dir)
-    sae = load_sae(folder)
+    if tokens <= 0 or contexts <= 0:
+        raise DataError(f"--tokens and --contexts must be positive, got {tokens}, {contexts}")
+    sae, folder = load_named(sae_dir)
     hook = sae.cfg.metadata.get("hook_name")
-    res: dict = {"sae": str(folder), "arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
-                 "d_sae": sae.cfg.d_sae}
+    res: dict = {"sae": str(sae_dir), "arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
+                 "d_sae": sae.cfg.d_sae, "hook": hook}
     figures = {}
-    if store:
-        st = open_store(store)
-        hook = st.resolve_hook(hook if hook in st.hooks else None)
-        if st.d_in(hook) != sae.cfg.d_in:
-            raise DataError(f"the store's {hook} has d_in={st.d_in(hook)}, but the SAE at "
-                            f"{folder} takes d_in={sae.cfg.d_in}")
+    st = open_store(store) if store else None
+    if st is not None:
+        hook = check_dictionary(sae, name=sae_dir, store=st)
+        res["store"] = str(st.path)
+    model_name = model or sae.cfg.metadata.get("model_name")
+    if st is not None and not model and st.manifest.get("model"):
+        model_name = st.manifest["model"]  # checked above: the SAE's own model
+    m = None
+    if model_name and hook:
+        from interp.errors import InterpError
+        from interp.models import load
+
+        try:
+            m = load(model_name)
+        except InterpError as e:
+            if model:  # asked for explicitly: say why not
+                raise
+            res["spliced_skipped"] = f"the SAE's model could not be loaded: {e}"
+    if m is not None:
+        check_dictionary(sae, name=sae_dir, model=m, model_name=model_name, hook=hook)
+        res["model"] = str(model_name)
+    if st is not None:
         rows = (max(0, st.n_rows - tokens), st.n_rows)
         rec = reconstruction_metrics(sae, st.batches(4096, hook, shuffle=False,
                                                      row_range=rows), k=k)
@@ -187,21 +213,7 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
                 r.pop("density")
                 res["reconstruction_by_k"][str(kp)] = r
             figures["fvu_by_k"] = fvu_by_k(res["reconstruction_by_k"])
-    model_name = model or sae.cfg.metadata.get("model_name")
-    m = None
-    if model_name and hook:
-        from interp.errors import InterpError
-        from interp.models import load
-
-        try:
-            m = load(model_name)
-        except InterpError as e:
-            if model:  # asked for explicitly: say why not
-                raise
-            res["spliced_skipped"] = f"the SAE's model could not be loaded: {e}"
     if m is not None:
-        if hook not in m.hook_dict:
-            raise DataError(f"the SAE's hook {hook!r} is not a hook of {model_name!r}")
         src = eval_token_source(model_name, source, m)
         n_ctx = min(m.cfg.n_ctx, int(sae.cfg.metadata.get("context_size") or 128))
         toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
@@ -210,9 +222,11 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
         res["ce_loss_recovered"] = res["spliced"]["zero"]["ce_loss_recovered"]
         res["kl"] = res["spliced"]["zero"]["kl"]
     if write:
-        (folder / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+        dest = Path(out) if out is not None else folder
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
         if (folder / "train_log.jsonl").exists():
             figures["training_curves"] = training_curves(folder / "train_log.jsonl")
         for name, fig in figures.items():
-            fig.write_html(str(folder / f"{name}.html"), include_plotlyjs="cdn")
+            fig.write_html(str(dest / f"{name}.html"), include_plotlyjs="cdn")
     return res

@@ -83,6 +83,22 @@ def load_pretrained(name: str, device: str = "cpu"):
     return load_sae(REPO_ROOT / reg[name]["folder"], device)
 
 
+def load_named(name: str | Path, device: str = "cpu"):
+    """(SAE, its folder) for a shipped SAE's registry name or an SAE folder; anything else
+    is refused with the closest shipped names."""
+    from interp.sae.io import load_sae
+
+    reg = registry()
+    if str(name) in reg:
+        folder = REPO_ROOT / reg[str(name)]["folder"]
+        return load_sae(folder, device), folder
+    folder = Path(name)
+    if folder.is_dir():
+        return load_sae(folder, device), folder
+    raise unknown("SAE (not a folder, nor a shipped SAE's name; see `interp saes`)",
+                  str(name), list(reg))
+
+
 def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
     """Train, evaluate and register one shipped SAE (its store is harvested once)."""
     from interp.activations.harvest import HarvestConfig, harvest

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from interp.activations.harvest import open_store
-from interp.errors import CorruptArtifactError, DataError, unknown
+from interp.errors import CorruptArtifactError, DataError, Interrupted, MismatchError, unknown
 from interp.sae import kernels
 from interp.sae.core import TOPK_FAMILY, SAEConfig, SparseAutoencoder
 from interp.sae.evaluate import reconstruction_metrics
@@ -36,6 +36,13 @@ from interp.sae.io import save_sae
 from interp.version import code_version
 
 CHECKPOINT = "checkpoint.pt"
+# SAEConfig fields that TrainConfig (and so a flag of `interp train`) sets: not --option keys
+FLAG_OF_SAE_FIELD = {"d_in": "the store (the hook's width)", "d_sae": "--latents",
+                     "arch": "--arch", "k": "--k", "seed": "--seed",
+                     "metadata": "the trainer (provenance)"}
+# TrainConfig fields that do not change what is trained: a resume may change them
+RUN_CONTROL = ("out", "store", "stop_after", "checkpoint_every", "log_every", "eval_every",
+               "wandb_project", "device", "compile")
 
 
 @dataclass
@@ -157,9 +164,19 @@ class StoreObjective:
                             f"{cfg.batch_size} after holding out {cfg.eval_rows} for evaluation")
         self.default_steps = self.n_train // cfg.batch_size
         m = self.store.manifest
-        self.metadata = {"model_name": m.get("model"), "hook_name": self.hook,
+        self.metadata = {"model_name": m.get("model"),
+                         "model_digest": (m.get("model_meta") or {}).get("digest"),
+                         "hook_name": self.hook,
                          "context_size": self.store.n_ctx, "prepend_bos": True,
                          "dataset_path": json.dumps(m.get("source")), "store": str(self.store.path)}
+
+    def identity(self) -> dict:
+        """What the data is (not where it lies): a resumed run must read the same rows."""
+        m = self.store.manifest
+        keys = ("model", "model_meta", "source", "dtype", "n_ctx", "positions", "shards")
+        return {"store": str(self.store.path), "hook": self.hook,
+                "d_in": self.d_in, "n_rows": self.store.n_rows,
+                "digest": _digest({k: m.get(k) for k in keys})}
 
     def init_sample(self) -> torch.Tensor:
         rows = _init_rows(self.n_train, self.cfg.init_sample_rows, self.cfg.seed)
@@ -195,15 +212,17 @@ class EndToEndObjective:
         if not cfg.model or not cfg.hook:
             raise DataError("an end-to-end SAE trains from tokens: give --model and --hook")
         self.cfg, self.ddp = cfg, ddp
-        self.model = load(cfg.model).requires_grad_(False)
+        self.model = load(cfg.model, device=ddp.device).requires_grad_(False)
+        self.device = ddp.device
         validate_hooks(self.model, [cfg.hook])
         self.hook = cfg.hook
         self.n_ctx = cfg.n_ctx or min(self.model.cfg.n_ctx, 128)
         self.spec = cfg.source or default_source(cfg.model)
         self.source = lambda: make_source(self.spec, model=self.model)
         with torch.no_grad():
-            _, cache = self.model.run_with_cache(torch.zeros(1, self.n_ctx, dtype=torch.long),
-                                                 names_filter=[self.hook])
+            _, cache = self.model.run_with_cache(
+                torch.zeros(1, self.n_ctx, dtype=torch.long, device=self.device),
+                names_filter=[self.hook])
         self.d_in = cache[self.hook].shape[-1]
         self.contexts = max(ddp.world, cfg.batch_size // (self.n_ctx - 1))
         if self.contexts % ddp.world:
@@ -214,9 +233,16 @@ class EndToEndObjective:
                             for i in range(layer + 1, self.model.cfg.n_layers)]
                            if cfg.arch == "e2e+ds" else [])
         self.default_steps = 1000
-        self.metadata = {"model_name": cfg.model, "hook_name": self.hook,
+        from interp.provenance import model_digest
+
+        self.metadata = {"model_name": cfg.model, "model_digest": model_digest(self.model),
+                         "hook_name": self.hook,
                          "context_size": self.n_ctx, "prepend_bos": True,
                          "dataset_path": self.spec, "training": cfg.arch}
+
+    def identity(self) -> dict:
+        return {"model": self.cfg.model, "model_digest": self.metadata["model_digest"],
+                "source": self.spec, "hook": self.hook, "n_ctx": self.n_ctx}
 
     def _token_batches(self, contexts: int, skip_contexts: int = 0):
         """Endless (contexts, n_ctx) batches after the first ``skip_contexts`` contexts
@@ -231,7 +257,7 @@ class EndToEndObjective:
                     skipped += b.shape[0]
                     continue
                 if b.shape[0] == contexts:
-                    yield b
+                    yield b.to(self.device)
 
     def init_sample(self) -> torch.Tensor:
         toks = next(self._token_batches(max(8, self.cfg.init_sample_rows // (self.n_ctx - 1)),
@@ -342,8 +368,6 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the SAE described by ``cfg``; returns the final metrics."""
     ddp = _Dist(cfg.device)
     device = ddp.device
-    if cfg.end_to_end and device.type != "cpu":
-        raise DataError("end-to-end (KL) training runs on the CPU for now; drop --device")
     out = Path(cfg.out)
     if (out / "sae_weights.safetensors").exists() and not (out / CHECKPOINT).exists():
         raise DataError(f"{out} already holds a trained SAE; choose another --out or delete it")
@@ -366,9 +390,12 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
     ckpt_path = out / CHECKPOINT
     start = 0
+    settings = {"train_config": resume_settings(cfg, steps), "data": objective.identity()}
     if ckpt_path.exists():
-        start = _load_checkpoint(ckpt_path, cfg, sae, opt, sched, since_fired)
+        start = _load_checkpoint(ckpt_path, cfg, settings, sae, opt, sched, since_fired)
         scale = float(sae.activation_scale)
+        if ddp.main:
+            truncate_log(out / "train_log.jsonl", start)
     else:
         sample = objective.init_sample().to(device)
         scale = activation_scale(sample)
@@ -389,44 +416,52 @@ def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
         progress and ddp.main), unit="step")
     t0, last = time.time(), {}
     end = steps if cfg.stop_after is None else min(steps, start + cfg.stop_after)
-    for step in range(start, end):
-        dead = since_fired >= cfg.dead_window_tokens
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        loss, fwd, terms, x = objective.loss(sae, next(batches), step, dead, gen, scale)
-        apply_gradients(sae, opt, loss, ddp)
-        sched.step()
-        if hasattr(sae, "threshold"):
-            ddp.all_reduce_mean_([sae.threshold])
-        with torch.no_grad():
-            fired = ddp.any_(fwd.fired_counts() > 0)
-            since_fired += x.shape[0] * ddp.world
-            since_fired[fired] = 0
-        if ddp.main and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
+    saved = step = start
+    try:
+        for step in range(start, end):
+            dead = since_fired >= cfg.dead_window_tokens
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            loss, fwd, terms, x = objective.loss(sae, next(batches), step, dead, gen, scale)
+            apply_gradients(sae, opt, loss, ddp)
+            sched.step()
+            if hasattr(sae, "threshold"):
+                ddp.all_reduce_mean_([sae.threshold])
             with torch.no_grad():
-                err = (fwd.x_hat - x).square().sum()
-                var = (x - x.mean(0)).square().sum()
-            last = {"step": step + 1, "tokens": (step + 1) * x.shape[0] * ddp.world,
-                    "loss": float(loss.detach()), **terms,
-                    "fvu": float(err / var.clamp_min(1e-12)),
-                    "l0": float(fwd.l0().float().mean()),
-                    "dead_fraction": float(dead.float().mean()),
-                    "lr": sched.get_last_lr()[0], "elapsed_s": time.time() - t0}
-            log.write(json.dumps(last) + "\n")
-            log.flush()
-            if wandb:
-                wandb.log(last, step=step + 1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", L0=f"{last['l0']:.1f}",
-                            FVU=f"{last['fvu']:.3f}", dead=f"{100 * last['dead_fraction']:.1f}%")
-        bar.update(1)
-        if ddp.main and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-            ev = objective.evaluate(sae, scale)
-            ev = {"step": step + 1, "eval": {k: v for k, v in ev.items() if k != "density"}}
-            log.write(json.dumps(ev) + "\n")
-            log.flush()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            if ddp.main:
-                _save_checkpoint(ckpt_path, cfg, sae, opt, sched, since_fired, step + 1)
-            ddp.barrier()
+                fired = ddp.any_(fwd.fired_counts() > 0)
+                since_fired += x.shape[0] * ddp.world
+                since_fired[fired] = 0
+            if ddp.main and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
+                with torch.no_grad():
+                    err = (fwd.x_hat - x).square().sum()
+                    var = (x - x.mean(0)).square().sum()
+                last = {"step": step + 1, "tokens": (step + 1) * x.shape[0] * ddp.world,
+                        "loss": float(loss.detach()), **terms,
+                        "fvu": float(err / var.clamp_min(1e-12)),
+                        "l0": float(fwd.l0().float().mean()),
+                        "dead_fraction": float(dead.float().mean()),
+                        "lr": sched.get_last_lr()[0], "elapsed_s": time.time() - t0}
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                if wandb:
+                    wandb.log(last, step=step + 1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", L0=f"{last['l0']:.1f}",
+                                FVU=f"{last['fvu']:.3f}", dead=f"{100 * last['dead_fraction']:.1f}%")
+            bar.update(1)
+            if ddp.main and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                ev = objective.evaluate(sae, scale)
+                ev = {"step": step + 1, "eval": {k: v for k, v in ev.items() if k != "density"}}
+                log.write(json.dumps(ev) + "\n")
+                log.flush()
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                if ddp.main:
+                    _save_checkpoint(ckpt_path, settings, sae, opt, sched, since_fired,
+                                     step + 1)
+                    saved = step + 1
+                ddp.barrier()
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(f"training stopped at step {step} of {steps}; the checkpoint in "
+                          f"{out} is at step {saved}") from None
     bar.close()
     if end < steps:  # stopped early on request: the checkpoint resumes the run
         if log:
@@ -468,24 +503,81 @@ def _init_rows(n_train: int, n: int, seed: int):
     return torch.randperm(n_train, generator=g)[: min(n, n_train)].sort().values.numpy()
 
 
-def _save_checkpoint(path: Path, cfg, sae, opt, sched, since_fired, step: int) -> None:
+def resume_settings(cfg: TrainConfig, steps: int) -> dict:
+    """Every setting that changes what is trained (``steps`` resolved): a checkpoint
+    resumes only under the same ones."""
+    out = {k: v for k, v in asdict(cfg).items() if k not in RUN_CONTROL}
+    out["steps"] = steps
+    return json.loads(json.dumps(out))  # tuples as lists, as they come back from disk
+
+
+def _digest(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the log records after ``step`` (written after the checkpoint a run resumes
+    from), so that no step appears twice."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "arch": cfg.arch, "sae_config": sae.cfg.to_dict(),
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "sae_options":
+            diffs += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return diffs
+
+
+def _save_checkpoint(path: Path, settings: dict, sae, opt, sched, since_fired,
+                     step: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"step": step, "arch": settings["train_config"]["arch"], **settings,
+                "sae_config": sae.cfg.to_dict(),
                 "sae": sae.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "since_fired": since_fired,
                 "torch_rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, cfg, sae, opt, sched, since_fired) -> int:
+def _load_checkpoint(path: Path, cfg, settings: dict, sae, opt, sched, since_fired) -> int:
     try:
         state = torch.load(path, map_location=sae.b_dec.device, weights_only=False)
     except Exception as e:  # pickle and zip errors of a truncated file
         raise CorruptArtifactError(f"checkpoint {path} is corrupt or truncated ({e}); delete "
                                    f"it to start over") from e
+    if not isinstance(state, dict) or "sae" not in state:
+        raise CorruptArtifactError(f"{path} is not an interp training checkpoint; delete it "
+                                   f"or use another --out")
     if state.get("arch") != cfg.arch:
         raise DataError(f"checkpoint {path} is from a {state.get('arch')!r} SAE, not "
                         f"{cfg.arch!r}; use another --out or the same --arch")
+    if "train_config" in state:  # checkpoints before this check lack it
+        diffs = _differences({k: state[k] for k in settings}, settings)
+        data = [d for d in diffs if d.startswith("data.")]
+        if data and not [d for d in data if not d.startswith("data.store ")]:
+            diffs = [d for d in diffs if not d.startswith("data.store ")]  # moved, same data
+        if diffs:
+            raise MismatchError(f"checkpoint {path} was made with other settings "
+                                f"({'; '.join(diffs)}); rerun with the checkpoint's settings, "
+                                f"or use another --out to start a new run")
     theirs = {k: v for k, v in state["sae_config"].items() if k != "metadata"}
     ours = {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"}
     if theirs != ours:

@@ -1,0 +1,120 @@
+"""Does a dictionary belong to this model, store and hook? One check, used wherever they meet.
+
+Every dictionary records where it came from in its metadata: ``model_name``, ``model_digest``
+(a hash of the model's weights, when known), ``hook_name`` and, in its config, ``d_in``.
+A store's manifest records its ``model`` and ``model_meta`` (with the ``digest``) and the width
+of every hook. :func:`check_dictionary` compares the two sides and refuses a mismatch with
+one line naming both, so that no command evaluates, splices, probes or ablates a dictionary
+on activations it was not trained on (eval, circuit, features, probe, ablate and the app
+call it).
+
+Identity of a model: the digest when both sides know it (names may differ for one model,
+e.g. a folder given by two paths); otherwise the name.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from interp.errors import MismatchError
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of the model's parameters: names, dtypes, shapes and values.
+
+    Computed once per model object (about a second for GPT-2 small on a CPU)."""
+    cached = getattr(model, "_interp_digest", None)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        t = p.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()[:16]
+    model._interp_digest = digest
+    return digest
+
+
+def model_name_of(model) -> str | None:
+    """The name the model was loaded by (our loaders record it), else TransformerLens's."""
+    meta = getattr(model, "interp_meta", None) or {}
+    return meta.get("name") or getattr(getattr(model, "cfg", None), "model_name", None)
+
+
+def _same_name(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()  # one folder, two spellings
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _model_side(name: str | None, digest: str | None) -> str:
+    return f"{name!r}" + (f" (weights {digest[:8]})" if digest else "")
+
+
+def _check_model(label: str, ours: tuple[str | None, str | None],
+                 theirs: tuple[str | None, str | None], where: str) -> None:
+    """``where`` completes "but ... <model>": e.g. "the model is"."""
+    (name, digest), (other, other_digest) = ours, theirs
+    if digest and other_digest:
+        same = digest == other_digest
+    elif name and other:
+        same = _same_name(str(name), str(other))
+    else:
+        return  # one side does not say: nothing to compare
+    if not same:
+        raise MismatchError(f"{label} was trained on model {_model_side(name, digest)}, but "
+                            f"{where} {_model_side(other, other_digest)}; use a dictionary "
+                            f"of that model, or the dictionary's own model")
+
+
+def check_dictionary(sae, *, name: str | Path | None = None, model=None,
+                     model_name: str | None = None, store=None, hook: str | None = None) -> str:
+    """Check ``sae`` against a model, a store and/or the hook it will be used at; returns
+    that hook (the SAE's own when ``hook`` is None; for an SAE that does not record it, the
+    store's hook when the store holds one). Raises :class:`MismatchError` naming
+    both sides: another model (by digest, else name), a hook the SAE does not read, a hook
+    the model or store lacks, another width."""
+    md = sae.cfg.metadata or {}
+    label = f"the SAE {name}" if name else "the SAE"
+    ours = (md.get("model_name"), md.get("model_digest"))
+    sae_hook = md.get("hook_name")
+    if hook is not None and sae_hook and hook != sae_hook:
+        raise MismatchError(f"{label} reads {sae_hook}, not {hook}; use a dictionary of "
+                            f"{hook} or the hook {sae_hook}")
+    hook = hook or sae_hook
+    if model is not None:
+        mname = model_name or model_name_of(model)
+        _check_model(label, ours, (mname, model_digest(model)), "the model is")
+        if hook and hook not in model.hook_dict:
+            raise MismatchError(f"{label} reads {hook}, which model {mname!r} does not have "
+                                f"(its hooks look like blocks.0.hook_resid_post)")
+        if hook:
+            from interp.activations.harvest import probe_hook_widths
+
+            width = probe_hook_widths(model, [hook], 2)[hook]
+            if width != sae.cfg.d_in:
+                raise MismatchError(f"{label} takes d_in={sae.cfg.d_in}, but {hook} of model "
+                                    f"{mname!r} has width {width}")
+    elif model_name is not None:
+        _check_model(label, ours, (model_name, None), "the model is")
+    if store is not None:
+        m = store.manifest
+        theirs = (m.get("model"), (m.get("model_meta") or {}).get("digest"))
+        _check_model(label, ours, theirs, f"the store {store.path} holds activations of")
+        if not hook and len(store.hooks) == 1:
+            hook = store.hooks[0]  # an SAE from elsewhere that does not say: its width must fit
+        if not hook:
+            raise MismatchError(f"{label} does not record its hook (metadata hook_name), and "
+                                f"the store {store.path} holds {', '.join(store.hooks)}")
+        if hook not in store.hooks:
+            raise MismatchError(f"{label} reads {hook}, but the store {store.path} holds "
+                                f"{', '.join(store.hooks)}; harvest {hook} or use a "
+                                f"dictionary of those hooks")
+        if store.d_in(hook) != sae.cfg.d_in:
+            raise MismatchError(f"{hook} in the store {store.path} has d_in="
+                                f"{store.d_in(hook)}, but {label} takes d_in={sae.cfg.d_in}")
+    return hook
