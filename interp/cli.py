@@ -91,6 +91,14 @@ def _train_config(args: argparse.Namespace):
     if not args.store and args.arch not in ("e2e", "e2e+ds"):
         raise UsageError("--store is required (only --arch e2e / e2e+ds train from tokens, "
                          "with --model)")
+    for flag in ("latents", "k", "batch_size", "steps", "checkpoint_every"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.eval_rows < 0:
+        raise UsageError(f"--eval-rows must be 0 or more, got {args.eval_rows}")
     options = typed_options(args.option, SAEConfig, FLAG_OF_SAE_FIELD)
     return TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=args.arch,
                       d_sae=args.latents, k=args.k, sae_options=options,
@@ -101,7 +109,8 @@ def _train_config(args: argparse.Namespace):
                       source=args.source, n_ctx=args.n_ctx, e2e_act=args.e2e_act,
                       ds_coeff=args.ds_coeff, encoder_dtype=args.encoder_dtype,
                       compile=args.compile, device=args.device,
-                      **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {}))
+                      **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {})
+                      ).validate()
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -263,6 +272,10 @@ def _cmd_probe(args: argparse.Namespace) -> None:
         raise UsageError("give --model for a labelled-text file")
     model = load(model_name)
     model.eval()
+    from interp.provenance import check_dictionary
+
+    for name, sae in saes.items():  # each SAE's hook is read from this model
+        check_dictionary(sae, name=name.split("@")[0], model=model, model_name=model_name)
     res = compare_sources(model, args.task, sources, saes, ks=args.k, method=args.method,
                           n_contexts=args.contexts, max_examples=args.examples)
     print(table(res))

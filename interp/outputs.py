@@ -182,14 +182,26 @@ def _probe(a) -> Plan:
 
 
 def _features(a) -> Plan | None:
-    from interp.features.build import default_out  # the default path is the build's rule
+    from interp.features.build import default_out, resolve_run, resolve_sae
 
-    out = Path(a.out) if a.out else default_out(a.run, a.sae) if a.run else None
-    return _beside(out, "features", feature_store) if out else None
+    if a.out:
+        out = Path(a.out)
+    elif a.run:  # the default path is the build's rule
+        run_dir, _ = resolve_run(a.run)
+        out = default_out(run_dir, resolve_sae(a.sae, run_dir)[1])
+    else:
+        return None  # the build refuses: it needs --out or --run
+    return _beside(out, "features", feature_store)
+
+
+def _demo(a) -> Plan:
+    out = Path(a.out)
+    return Plan(out, True, ("run", None), {out / "config.yaml": config_of("demo")},
+                hint="the demo writes a run folder, e.g. runs/demo")
 
 
 PLANS: dict[str, Callable[[argparse.Namespace], Plan | None]] = {
-    "harvest": _harvest, "train": _train, "eval": _eval, "circuit": _circuit,
+    "harvest": _harvest, "train": _train, "demo": _demo, "eval": _eval, "circuit": _circuit,
     "probe": _probe, "features": _features,
 }
 

@@ -89,9 +89,13 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
             raise CorruptArtifactError(f"SAE folder {folder} is missing {p.name} (an SAE folder "
                                        f"holds {CFG_FILE} and {WEIGHTS_FILE})")
     try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptArtifactError(f"{cfg_path} is not valid JSON ({e})") from e
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise CorruptArtifactError(f"{cfg_path} is not an SAE config: it needs an object with "
+                                   f"d_in, d_sae and architecture (missing {', '.join(missing)})")
     try:
         weights = load_file(str(w_path))
     except Exception as e:  # safetensors has its own error types for bad headers

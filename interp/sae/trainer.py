@@ -95,6 +95,13 @@ class TrainConfig:
         return SAEConfig(d_in=d_in, d_sae=self.d_sae, arch=arch, k=self.k,
                          seed=self.seed, **self.sae_options).validate()
 
+    def validate(self) -> "TrainConfig":
+        """The SAE settings that do not depend on the data (its width), checked before the
+        store is opened: a placeholder width of 1 stands in for d_in."""
+        if not self.end_to_end:
+            self.sae_config(d_in=1)
+        return self
+
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.d_sae / 2**14)
 
