@@ -693,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parse_args(parser, argv)
+        if getattr(args, "device", None) is not None:  # before any model loads
+            from interp.distributed import check_device
+
+            check_device(args.device)
         if args.command in BEFORE_WORK:
             BEFORE_WORK[args.command](args)
         plan = PLANS[args.command](args) if args.command in PLANS else None

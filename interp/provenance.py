@@ -21,13 +21,22 @@ import torch
 from interp.errors import MismatchError
 
 
-def model_digest(model: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of the model's parameters: names, dtypes, shapes and values.
+# models TransformerLens converts on load (folding LayerNorms, centring weights): their
+# parameters depend in the last bits on the device that did the arithmetic, so they are
+# known by name only; the embedded models load their parameters bit for bit
+CONVERTED_SOURCES = ("pretrained", "hf-folder")
 
-    Computed once per model object (about a second for GPT-2 small on a CPU)."""
+
+def model_digest(model: torch.nn.Module) -> str | None:
+    """sha256 (16 hex digits) of the model's parameters: names, dtypes, shapes and values;
+    None for a model converted on load (``CONVERTED_SOURCES``: identified by its name).
+
+    Computed once per model object."""
     cached = getattr(model, "_interp_digest", None)
     if cached:
         return cached
+    if (getattr(model, "interp_meta", None) or {}).get("source") in CONVERTED_SOURCES:
+        return None
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         t = p.detach().to("cpu").contiguous()
