@@ -104,6 +104,38 @@ def _sae_infos(run: str, model_name: str | None, stamp: tuple):
     return list_saes(run if Path(run).exists() else None, model_name)
 
 
+@st.cache_data(show_spinner=False)
+def _store_problems(run: str, stamp: tuple) -> dict[str, str]:
+    from interp.features import FeatureStore, find_feature_stores
+
+    problems = {}
+    for path in find_feature_stores(run):
+        try:
+            FeatureStore(path).close()
+        except InterpError as e:
+            problems[str(path)] = str(e)
+        except Exception as e:  # not ours to explain, but never hidden
+            problems[str(path)] = f"{path}: {type(e).__name__}: {e}"
+    return problems
+
+
+def store_problems(run: Path) -> dict[str, str]:
+    """{path: one-line error} of the run's feature stores that cannot be opened (corrupt,
+    truncated, another file); ``sae_infos`` leaves them out, so pages show these instead."""
+    return _store_problems(str(run), _run_stamp(run)) if run.exists() else {}
+
+
+def show_store_problems(run: Path) -> bool:
+    """An ``st.error`` per unreadable feature store of the run, with how to rebuild it; True
+    when there was one."""
+    problems = store_problems(run)
+    for path, message in problems.items():
+        st.error(message)
+        st.caption(f"Rebuild it with `interp features --run {run} --sae SAE --tokens 100000 "
+                   f"--out {path}` (the build replaces the file).")
+    return bool(problems)
+
+
 def sae_infos(run: Path, model_name: str | None = None):
     """The run's SAEs and the shipped ones of its model (``interp.viz.runs.list_saes``)."""
     return _sae_infos(str(run), model_name, _run_stamp(run) if run.exists() else ())

@@ -167,6 +167,11 @@ def _feature_readout(spec: str):
     return Readout.from_sae(sae, int(latent))
 
 
+def _num(value: float | None) -> str:
+    """A score to three decimals, or "-" where it is undefined (see the note beside it)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _cmd_circuit(args: argparse.Namespace) -> None:
     import torch
 
@@ -207,10 +212,12 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
     if task.readout is not None:
         print(f"metric: {task.readout.name}")
     print(f"circuit: {len(res['nodes'])} nodes, {g.number_of_edges()} edges "
-          f"({args.method}, patch={args.patch}); faithfulness {f['faithfulness']:.3f}, "
-          f"completeness {f['completeness']:.3f} ({f['ablation']} ablation; m full "
+          f"({args.method}, patch={args.patch}); faithfulness {_num(f['faithfulness'])}, "
+          f"completeness {_num(f['completeness'])} ({f['ablation']} ablation; m full "
           f"{f['m_full']:.3f}, empty "
           f"{f['m_empty']:.3f}, circuit {f['m_circuit']:.3f}); {res['seconds']:.1f} s")
+    if f.get("faithfulness_note"):
+        print(f"note: {f['faithfulness_note']}")
     print(f"saved {out} and {html}")
     if args.validate:
         from interp.circuits.attribution import (exact_node_effects, node_attribution,
@@ -234,8 +241,8 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
         curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve),
                                    ablation=args.ablation)
         for c in curve:
-            print(f"  top {c['nodes']:4d} nodes: faithfulness {c['faithfulness']:.3f}, "
-                  f"completeness {c['completeness']:.3f}")
+            print(f"  top {c['nodes']:4d} nodes: faithfulness {_num(c['faithfulness'])}, "
+                  f"completeness {_num(c['completeness'])}")
         faithfulness_figure(curve).write_html(out.with_name(out.stem + "_faithfulness.html"))
 
 
@@ -331,13 +338,9 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
 
 def _cmd_features(args: argparse.Namespace) -> None:
     from interp.features import FeatureConfig, FeatureStore, build_for_run
+    from interp.features.build import parse_window
 
-    try:
-        before, _, after = args.window.partition(",")
-        window = (int(before), int(after or 0))
-    except ValueError:
-        raise UsageError(f"--window takes BEFORE,AFTER (tokens), got {args.window!r}")
-    cfg = FeatureConfig(n_tokens=args.tokens, top_n=args.top, window=window,
+    cfg = FeatureConfig(n_tokens=args.tokens, top_n=args.top, window=parse_window(args.window),
                         batch_size=args.batch, quantile_bins=args.quantile_bins,
                         samples_per_bin=args.samples, top_tokens=args.top_tokens,
                         n_ctx=args.n_ctx, seed=args.seed, device=args.device)

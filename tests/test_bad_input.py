@@ -90,6 +90,13 @@ def world(tmp_path_factory) -> dict[str, str]:
     write("task_number.jsonl", '{"clean": 12, "answer": " a", "wrong": " b"}\n')
     write("task_list.jsonl", '[1, 2, 3]\n')
     write("task_latin1.jsonl", b'{"clean": "caf\xe9", "answer": " a", "wrong": " b"}\n')
+    write("task_missing.jsonl", '{"clean": "x = f(a"}\n')
+    write("task_patch_mixed.jsonl", '{"clean": "x = f(a", "patch": "x = f a b", "answer": ")", '
+          '"wrong": ","}\n{"clean": "y = f(b", "answer": ")", "wrong": ","}\n')
+    write("task_ok.jsonl", '{"clean": "x = f(a", "answer": ")", "wrong": ","}\n')
+    write("probe_empty.csv", "")
+    write("probe_one_class.csv", "text,label\nx = 1,0\ny = 2,0\n")
+    write("probe_float.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 0.9}\n')
     write("probe_float.csv", "text,label\nx = 1,0.1\ny = 2,0.9\n")
     write("probe_two.csv", "text,label\nx = 1,0\ny = 2,2\n")
     write("probe_latin1.csv", b"text,label\ncaf\xe9,1\nx,0\n")
@@ -251,6 +258,12 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      "--out {root}/c.json", ("line 1",)),
     ("circuit-task-latin1", f"circuit --sae {OTHELLO_SAE} --task {{bad}}/task_latin1.jsonl "
      "--out {root}/c.json", ("UTF-8",)),
+    ("circuit-task-missing-field", f"circuit --sae {OTHELLO_SAE} "
+     "--task {bad}/task_missing.jsonl --out {root}/c.json", ("line 1", "'answer'")),
+    ("circuit-task-patch-mixed", f"circuit --sae {PYCODE_SAE} "
+     "--task {bad}/task_patch_mixed.jsonl --out {root}/c.json", ("line 2", "patch")),
+    ("circuit-task-no-tokenizer", f"circuit --sae {OTHELLO_SAE} --task {{bad}}/task_ok.jsonl "
+     "--out {root}/c.json", ("tokenizer",)),
     ("circuit-task-missing", f"circuit --sae {OTHELLO_SAE} --task {{root}}/nope.jsonl "
      "--out {root}/c.json", ("nope.jsonl",)),
     ("circuit-bad-metric", f"circuit --sae {OTHELLO_SAE} --task othello-legal "
@@ -291,6 +304,12 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      "hook:blocks.1.hook_resid_post --out {root}/p.json", ("UTF-8",)),
     ("probe-no-label-column", "probe --task {bad}/probe_nolabel.csv --model pycode --source "
      "hook:blocks.1.hook_resid_post --out {root}/p.json", ("label",)),
+    ("probe-empty-file", "probe --task {bad}/probe_empty.csv --model pycode --source "
+     "hook:blocks.1.hook_resid_post --out {root}/p.json", ("is empty",)),
+    ("probe-one-class", "probe --task {bad}/probe_one_class.csv --model pycode --source "
+     "hook:blocks.1.hook_resid_post --out {root}/p.json", ("every label is 0",)),
+    ("probe-float-jsonl", "probe --task {bad}/probe_float.jsonl --model pycode --source "
+     "hook:blocks.1.hook_resid_post --out {root}/p.json", ("line 2", "0.9")),
     ("probe-text-without-model", "probe --task {bad}/probe_two.csv --source "
      "hook:blocks.1.hook_resid_post --out {root}/p.json", ("--model",)),
     ("probe-out-user-json", "probe --task othello-legal-d3 --source hook:" + HOOK +
@@ -311,6 +330,10 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("--mode",)),
     # ---------------------------------------------------------------- features
     ("features-window-no-after", f"features --sae {OTHELLO_SAE} --tokens 100 --window 12 "
+     "--out {root}/f.duckdb", ("--window",)),
+    ("features-window-negative", f"features --sae {OTHELLO_SAE} --tokens 100 --window=-1,4 "
+     "--out {root}/f.duckdb", ("--window", "BEFORE,AFTER")),
+    ("features-window-three", f"features --sae {OTHELLO_SAE} --tokens 100 --window 1,2,3 "
      "--out {root}/f.duckdb", ("--window",)),
     ("features-window-letters", f"features --sae {OTHELLO_SAE} --tokens 100 --window a,b "
      "--out {root}/f.duckdb", ("--window",)),

@@ -92,6 +92,8 @@ c[0].metric("nodes", g.number_of_nodes() - 1)
 c[1].metric("edges", g.number_of_edges())
 c[2].metric("faithfulness", "-" if f.get("faithfulness") is None else f"{f['faithfulness']:.3f}")
 c[3].metric("completeness", "-" if f.get("completeness") is None else f"{f['completeness']:.3f}")
+if f.get("faithfulness_note"):
+    st.warning(f["faithfulness_note"])
 
 effects = [abs(d["effect"]) for n, d in g.nodes(data=True) if d.get("kind") != "output"]
 edge_w = [abs(d["effect"]) for _, _, d in g.edges(data=True)]
@@ -124,7 +126,9 @@ with left:
         hook, latent = node_latent(pruned, node)
         info = C.store_for(C.sae_infos(run, model_name) if run.exists() else [], hook,
                            data["saes"].get(hook))
-        if info is None:
+        if info is None and C.show_store_problems(run):
+            pass  # an unreadable store may be this hook's: its error says so
+        elif info is None:
             st.caption(f"No feature store for an SAE at {hook} in this run: build one with "
                        f"`interp features --run {run} --sae SAE --tokens 100000` to see its "
                        f"feature page.")

@@ -8,7 +8,10 @@ st.title("Features")
 run = C.existing_run()
 model_name = C.run_model(run)
 stores = [i for i in C.sae_infos(run, model_name) if i.feature_store is not None]
+broken = C.show_store_problems(run)  # unreadable stores: their error, not "no store"
 if not stores:
+    if broken:
+        st.stop()
     st.info(f"No feature store in {run}/features/. Build one with `interp features --run "
             f"{run} --sae SAE --tokens 100000` (SAE: a folder in {run}/saes or a shipped SAE "
             f"name from `interp saes`).")

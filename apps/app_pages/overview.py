@@ -54,6 +54,7 @@ with right:
     st.subheader("Latent density")
     from interp.viz.sae import density_histogram
 
+    broken = C.show_store_problems(run)
     if stores:
         pick = st.selectbox("feature store", [i.name for i in stores], key="density_sae")
         info = next(i for i in stores if i.name == pick)
@@ -63,9 +64,10 @@ with right:
             f"{s['dead']:,} never, over {s['n_tokens']:,} tokens"), width="stretch")
         C.page_link("features", "browse its features", sae=info.feature_store.stem)
     else:
-        st.info("No feature store in this run: build one with `interp features --run "
-                f"{run} --sae SAE --tokens 100000` (until then, the SAEs' held-out "
-                "evaluation densities are shown).")
+        if not broken:
+            st.info("No feature store in this run: build one with `interp features --run "
+                    f"{run} --sae SAE --tokens 100000` (until then, the SAEs' held-out "
+                    "evaluation densities are shown).")
         dens = {}
         for i in infos:
             if i.folder is not None and (i.folder / "metrics.json").exists():

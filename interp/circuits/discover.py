@@ -82,6 +82,8 @@ def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None
                          ablation=cfg.ablation)
     graph.graph["faithfulness"] = faith["faithfulness"]
     graph.graph["completeness"] = faith["completeness"]
+    if faith.get("faithfulness_note"):
+        graph.graph["faithfulness_note"] = faith["faithfulness_note"]
     return {"graph": graph, "faithfulness": faith, "nodes": kept,
             "seconds": time.time() - t0}
 

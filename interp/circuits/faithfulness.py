@@ -10,14 +10,24 @@ Error nodes outside C are ablated too unless ``ablate_errors=False``.
 
     faithfulness(C) = (m(C) - m(empty)) / (m(M) - m(empty))
     completeness(C) = 1 - faithfulness(M \\ C)      (M: every node)
+
+When the metric does not move between the full model and the empty circuit (m(M) = m(empty),
+up to float noise) both ratios are undefined: ``faithfulness`` and ``completeness`` are then
+None and ``faithfulness_note`` says why (the m values are still reported; the circuit's node
+scores are still valid, only this check of them is void).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from interp.circuits.attribution import Node, PatchValues, _batches
 from interp.circuits.splice import SplicedModel
 from interp.circuits.tasks import Task
+
+# |m(full) - m(empty)| at most this fraction of the metric's scale (at least 1) is no gap
+GAP_TOLERANCE = 1e-5
 
 
 def _masks(spliced: SplicedModel, nodes, t: int, complement: bool = False
@@ -78,12 +88,35 @@ def faithfulness(spliced: SplicedModel, task: Task, nodes: list[Node],
     m_c = ablated_metric(spliced, task, _masks(spliced, nodes, t), values, ablate_errors)
     m_rest = ablated_metric(spliced, task, _masks(spliced, nodes, t, complement=True), values,
                             ablate_errors)
-    gap = m_full - m_empty
-    faith = (m_c - m_empty) / gap if gap else float("nan")
-    rest = (m_rest - m_empty) / gap if gap else float("nan")
-    return {"nodes": len(nodes), "faithfulness": faith, "completeness": 1 - rest,
-            "m_circuit": m_c, "m_complement": m_rest, "m_full": m_full, "m_empty": m_empty,
-            "ablation": ablation}
+    note = no_gap_note(m_full, m_empty, ablation)
+    if note is None:
+        gap = m_full - m_empty
+        faith, complete = (m_c - m_empty) / gap, 1 - (m_rest - m_empty) / gap
+    else:
+        faith = complete = None
+    out = {"nodes": len(nodes), "faithfulness": faith, "completeness": complete,
+           "m_circuit": m_c, "m_complement": m_rest, "m_full": m_full, "m_empty": m_empty,
+           "ablation": ablation}
+    if note is not None:
+        out["faithfulness_note"] = note
+    return out
+
+
+def no_gap_note(m_full: float, m_empty: float, ablation: str) -> str | None:
+    """Why faithfulness is undefined (None when it is defined): the ratio's denominator
+    m(full) - m(empty) is zero, or within float noise of it (1e-5 of the metric's scale)."""
+    if not (math.isfinite(m_full) and math.isfinite(m_empty)):
+        return (f"faithfulness is undefined: the metric is not finite (m full {m_full}, "
+                f"m empty {m_empty})")
+    if abs(m_full - m_empty) > GAP_TOLERANCE * max(1.0, abs(m_full), abs(m_empty)):
+        return None
+    hint = ("the counterfactual prompts score like the clean ones: choose counterfactuals "
+            "that change the answer" if ablation == "counterfactual" else
+            "mean ablation does not change the metric: every prompt may share the property "
+            "(use counterfactual prompts)")
+    return (f"faithfulness and completeness are undefined: the metric does not move between "
+            f"the full model and the empty circuit (m = {m_full:.4g} both, {ablation} "
+            f"ablation); {hint}")
 
 
 def faithfulness_curve(spliced: SplicedModel, task: Task, ranked: list[Node],

@@ -17,10 +17,14 @@ log-probability instead. Built in (``make_task(name, model)``):
 ================== =====================================================================
 
 User tasks come from JSONL (``load_task_jsonl``): one object per line with ``clean``,
-optional ``patch`` (texts), ``answer`` and ``wrong`` (each a token string).
+optional ``patch`` (texts; on every line or none), ``answer`` and ``wrong`` (each a token
+string). The whole file is checked first (``read_task_jsonl``): bytes that are not UTF-8, a
+line that is not a JSON object, a missing field or one of the wrong type is a one-line
+``DataError`` naming the file and line.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -327,40 +331,124 @@ def make_task(name: str, model=None, n: int = 64, metric: str = "logit_diff") ->
     return task
 
 
+TASK_LINE = ('{"clean": text, "patch": text (optional), "answer": token, "wrong": token}')
+_TASK_FIELDS = {"clean": True, "patch": False, "answer": True, "wrong": True}  # required?
+
+
+def _json_type(v) -> str:
+    """How a JSON value is called in messages: a number, a list, null ..."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of every non-blank line of a UTF-8 text file (a BOM is allowed);
+    bytes that are not UTF-8 are a DataError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                        f"save the file as UTF-8") from None
+    return [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+
+
+def read_task_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a task JSONL file, every line checked: a JSON object with the
+    text fields ``clean``, ``answer``, ``wrong`` and optionally ``patch`` (on every line or
+    none). Each problem is a one-line DataError naming the file, the line and the form."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no task file at {path}" + (" (it is a folder)" if path.is_dir()
+                                                       else ""))
+    rows = []
+    for n, line in read_text_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); each line is "
+                            f"{TASK_LINE}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n} is {_json_type(row)}, not a JSON object; each "
+                            f"line is {TASK_LINE}")
+        if row.get("patch", "") is None:
+            del row["patch"]  # null: no counterfactual
+        missing = [f for f, required in _TASK_FIELDS.items() if required and f not in row]
+        if missing:
+            raise DataError(f"{path}: line {n} has no {', '.join(map(repr, missing))} (it has "
+                            f"{', '.join(map(repr, row)) or 'no fields'}); each line is "
+                            f"{TASK_LINE}")
+        for f in _TASK_FIELDS:
+            if f in row and not isinstance(row[f], str):
+                what = "a token string" if f in ("answer", "wrong") else "a text string"
+                raise DataError(f"{path}: line {n}: {f!r} is {_json_type(row[f])} "
+                                f"({json.dumps(row[f])[:40]}), expected {what}; each line is "
+                                f"{TASK_LINE}")
+        rows.append((n, row))
+    if not rows:
+        raise DataError(f"{path} holds no prompts; each line is {TASK_LINE}")
+    with_patch = [n for n, r in rows if "patch" in r]
+    if with_patch and len(with_patch) < len(rows):
+        without = next(n for n, r in rows if "patch" not in r)
+        raise DataError(f"{path}: line {without} has no 'patch' but line {with_patch[0]} has "
+                        f"one; give a patch (counterfactual) prompt on every line or on none")
+    return rows
+
+
 def load_task_jsonl(path: str | Path, model, metric: str = "logit_diff") -> Task:
     """Prompts from JSONL: {"clean": text, "patch": text (optional), "answer": token,
-    "wrong": token} per line, tokenized by ``model.tokenizer`` (BOS prepended)."""
+    "wrong": token} per line, tokenized by ``model.tokenizer`` (BOS prepended). The file is
+    checked line by line (``read_task_jsonl``) before anything is tokenized."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"no task file at {path}")
+    numbered = read_task_jsonl(path)  # the file first: its problems do not depend on the model
     if model is None or getattr(model, "tokenizer", None) is None:
-        raise DataError("a JSONL task needs a model with a tokenizer")
-    from interp.data.sources import read_jsonl
-
-    rows = [row for _, row in read_jsonl(path, ["clean", "answer", "wrong"],
-                                         "each line needs clean, answer, wrong (patch optional)")]
-    if not rows:
-        raise DataError(f"{path} holds no prompts")
+        name = getattr(model, "interp_meta", {}).get("name") if model is not None else None
+        raise DataError(f"a JSONL task needs a model with a tokenizer"
+                        + (f"; {name} has none (its tasks are the built-in ones: "
+                           f"{', '.join(t for t, (m, _) in BUILTIN.items() if m == name)})"
+                           if name else ""))
+    lines = [n for n, _ in numbered]
+    rows = [r for _, r in numbered]
 
     def toks(text: str) -> list[int]:
         return model.to_tokens(text, prepend_bos=True)[0].tolist()
 
-    def single(tok: str, n: int) -> int:
+    def single(tok: str, n: int, field: str) -> int:
         ids = model.to_tokens(tok, prepend_bos=False)[0].tolist()
         if len(ids) != 1:
-            raise DataError(f"{path}:{n}: {tok!r} is {len(ids)} tokens; answer and wrong must "
-                            f"be single tokens")
+            raise DataError(f"{path}: line {n}: {field} {tok!r} is {len(ids)} tokens; answer "
+                            f"and wrong must be single tokens")
         return ids[0]
 
     clean = [toks(r["clean"]) for r in rows]
-    has_patch = all("patch" in r for r in rows)
+    has_patch = "patch" in rows[0]
     patch = [toks(r["patch"]) for r in rows] if has_patch else None
-    lengths = {len(c) for c in clean} | ({len(p) for p in patch} if patch else set())
-    if len(lengths) > 1:
-        raise DataError(f"{path}: prompts tokenize to different lengths {sorted(lengths)}; "
-                        f"positions are kept separate, so all prompts (clean and patch) must "
-                        f"have the same number of tokens")
+    first = len(clean[0])
+    for i, n in enumerate(lines):
+        for kind, seqs in (("clean", clean), ("patch", patch or [])):
+            if seqs and len(seqs[i]) != first:
+                raise DataError(f"{path}: line {n}: the {kind} prompt is {len(seqs[i])} tokens, "
+                                f"line {lines[0]}'s clean one {first}; positions are kept "
+                                f"separate, so all prompts (clean and patch) must have the "
+                                f"same number of tokens")
     t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     return Task(path.stem, t(clean), t(patch) if patch else None,
-                t([single(r["answer"], i + 1) for i, r in enumerate(rows)]),
-                t([single(r["wrong"], i + 1) for i, r in enumerate(rows)]), metric)
+                t([single(r["answer"], n, "answer") for n, r in numbered]),
+                t([single(r["wrong"], n, "wrong") for n, r in numbered]), metric)

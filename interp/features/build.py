@@ -19,7 +19,12 @@ top-n and the samples are first filtered against the current thresholds (the n-t
 the smallest key of the interval), so after the first batches only a handful survive and
 their windows are the only ones gathered. Logit effects (decoder rows through the
 unembedding) are computed at the end in chunks of latents. The result is written to DuckDB
-through Arrow in a few bulk inserts (``interp.features.store`` reads it).
+through Arrow in a few bulk inserts (``interp.features.store`` reads it), under a hidden
+temporary name beside the output that ``os.replace`` then moves into place: a build that is
+killed (even by SIGKILL) leaves no partial store at the output path, and the next build of
+that path removes the temporary files of writers that are no longer running.
+
+``parse_window`` reads ``--window BEFORE,AFTER``.
 """
 from __future__ import annotations
 
@@ -72,9 +77,7 @@ class FeatureConfig:
                      "hist_per_decade", "top_tokens", "token_latents"):
             if getattr(self, name) <= 0:
                 raise DataError(f"{name} must be positive, got {getattr(self, name)}")
-        if len(self.window) != 2 or min(self.window) < 0:
-            raise DataError(f"window is (tokens before, tokens after), both >= 0; got "
-                            f"{self.window}")
+        self.window = parse_window(self.window)
         lo, hi = self.hist_decades
         if not lo < hi:
             raise DataError(f"hist_decades must be (lo, hi) with lo < hi, got {self.hist_decades}")
@@ -85,6 +88,30 @@ class FeatureConfig:
         lo, hi = self.hist_decades
         inner = np.logspace(lo, hi, (hi - lo) * self.hist_per_decade + 1)
         return np.concatenate([[0.0], inner, [np.inf]])
+
+
+WINDOW_FORM = "BEFORE,AFTER (tokens shown before and after the max token, both >= 0, e.g. 12,4)"
+
+
+def parse_window(window) -> tuple[int, int]:
+    """``--window``: "BEFORE,AFTER" (or a pair of ints) -> (before, after); anything else
+    ("12", "12,", "a,b", "-1,4", "1,2,3") is a one-line DataError naming ``--window``."""
+    if isinstance(window, str):
+        parts: list = [p.strip() for p in window.split(",")]
+    elif isinstance(window, (tuple, list)):
+        parts = list(window)
+    else:
+        parts = [window]
+    shown = window if isinstance(window, str) else ",".join(map(str, parts))
+    try:
+        if len(parts) != 2 or not all(isinstance(p, str) or type(p) is int for p in parts):
+            raise ValueError
+        before, after = (int(p) for p in parts)
+    except ValueError:
+        raise DataError(f"--window takes {WINDOW_FORM}; got {shown!r}") from None
+    if before < 0 or after < 0:
+        raise DataError(f"--window takes {WINDOW_FORM}; got {shown!r}")
+    return before, after
 
 
 # ------------------------------------------------------------------ SAE codes
@@ -627,6 +654,43 @@ def _list_array(values: np.ndarray, lengths: np.ndarray | None = None):
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat))
 
 
+def temp_path(out: Path, pid: int | None = None) -> Path:
+    """Where the store for ``out`` is written before ``os.replace`` moves it there: a hidden
+    file beside it named with the writer's PID (DuckDB adds ``.wal`` and maybe ``.tmp``)."""
+    return out.with_name(f".{out.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove what a killed writer of ``out`` left (its temp file, WAL and spill folder),
+    i.e. the temp files beside ``out`` whose PID is not a live process; the removed paths."""
+    import shutil
+
+    removed = []
+    prefix = f".{out.name}.tmp-"
+    for p in out.parent.iterdir() if out.parent.is_dir() else []:
+        if not p.name.startswith(prefix):
+            continue
+        pid = p.name[len(prefix):].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def write_store(out: str | Path, metadata: dict, tables: dict, logits: dict | None,
                 vocab: list[str], t0: float | None = None) -> Path:
     """Write the DuckDB file (see ``interp.features.store`` for the schema)."""
@@ -635,7 +699,8 @@ def write_store(out: str | Path, metadata: dict, tables: dict, logits: dict | No
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_path(out)
+    remove_stale_temps(out)
     for p in (tmp, Path(str(tmp) + ".wal")):
         p.unlink(missing_ok=True)
     d = len(tables["count"])

@@ -12,14 +12,20 @@ Built-in properties (``make_dataset``):
 - Multi-class (probed one class against the rest): ``othello-state-SQ`` (empty / mine /
   theirs), ``pycode-indent-level`` (0, 1, 2, 3, 4 or more).
 
-User data: a ``.csv`` (columns ``text``, ``label``) or ``.jsonl`` (``{"text", "label"}``) of
-sequences with one label each; the activations are then aggregated over positions
-(``aggregate="mean"`` or ``"max"``). Or token-level: ``.jsonl`` lines ``{"text", "spans":
-[[start, end], ...]}`` (character offsets): a token is positive when it overlaps a span.
+User data: a ``.csv`` (header ``text,label``) or ``.jsonl`` (``{"text", "label"}``) of
+sequences with one label each: 0/1 (both present) or 0..K-1 (every class present, probed one
+against the rest); the activations are then aggregated over positions (``aggregate="mean"``
+or ``"max"``). Or token-level: ``.jsonl`` lines ``{"text", "spans": [[start, end], ...]}``
+(character offsets): a token is positive when it overlaps a span. The file is checked before
+anything is tokenized; bytes that are not UTF-8, a missing column or field, a label that is
+not an integer (0.9) or a set of labels that is not 0/1 or 0..K-1 ({0, 2}) is a one-line
+``DataError`` naming the file (and line).
 """
 from __future__ import annotations
 
 import csv
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,38 +127,124 @@ def _pycode(name: str, n: int, n_ctx: int = 64) -> ProbeDataset:
                         f"token {prop.replace('-', ' ')}")
 
 
+LABELLED_FORMS = ("a .csv with a header row text,label, or a .jsonl of {\"text\": ..., "
+                  "\"label\": 0 or 1} (or {\"text\", \"spans\": [[start, end], ...]})")
+
+
+def _label(value, where: str) -> int:
+    """An integer class label from a CSV cell or a JSON value (1, "1", 1.0, true); anything
+    else (0.9, "yes", null) is a DataError naming ``where``."""
+    v = value
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            v = float(v.strip()) if v.strip() else None
+        except ValueError:
+            v = None
+    if isinstance(v, (int, float)) and math.isfinite(v) and float(v).is_integer():
+        return int(v)
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    raise DataError(f"{where}: label {shown} is not an integer class; labels are 0 and 1 "
+                    f"(or 0..K-1 for K classes)")
+
+
+def check_labels(labels: list[int], where: str) -> None:
+    """Sequence labels are 0/1 with both present, or 0..K-1 with every class present."""
+    found = sorted(set(labels))
+    if found == [0, 1] or (len(found) > 2 and found == list(range(len(found)))):
+        return
+    counts = ", ".join(f"{c}: {labels.count(c)}" for c in found[:8])
+    if len(found) < 2:
+        raise DataError(f"{where}: every label is {found[0]} ({len(labels)} examples); a probe "
+                        f"needs both classes 0 and 1")
+    raise DataError(f"{where}: labels are {{{', '.join(map(str, found[:8]))}"
+                    f"{', ...' if len(found) > 8 else ''}}} (counts {counts}); use 0 and 1 for a "
+                    f"binary property, or 0..K-1 with every class present for K classes")
+
+
+def _read_csv(path: Path) -> list[tuple[int, str, int]]:
+    """(line, text, label) rows of a labelled-text CSV."""
+    from interp.circuits.tasks import read_text_lines
+
+    read_text_lines(path)  # UTF-8, else an error naming the line
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in reader.fieldnames or []]
+        if not fields:
+            raise DataError(f"{path} is empty; expected {LABELLED_FORMS}")
+        if not {"text", "label"} <= set(fields):
+            raise DataError(f"{path} needs the columns text and label in its header row, has "
+                            f"{', '.join(map(repr, fields))}")
+        reader.fieldnames = fields
+        try:
+            for r in reader:
+                n = reader.line_num
+                if all(v in (None, "") for k, v in r.items() if k is not None):
+                    continue  # a blank line
+                if r["text"] is None or r["label"] is None:
+                    cells = sum(v is not None for k, v in r.items() if k is not None)
+                    raise DataError(f"{path}: line {n} has {cells} of the header's "
+                                    f"{len(fields)} cells ({','.join(fields)}); text and "
+                                    f"label are needed")
+                rows.append((n, r["text"], _label(r["label"], f"{path}: line {n}")))
+        except csv.Error as e:
+            raise DataError(f"{path}: line {reader.line_num} is not valid CSV ({e})") from None
+    return rows
+
+
+def _read_jsonl(path: Path, numbered: list[tuple[int, str]]) -> list[tuple[int, str, int]]:
+    """(line, text, label) rows of a labelled-text JSONL file."""
+    rows = []
+    for n, line in numbered:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); expected "
+                            f"{{\"text\": ..., \"label\": 0 or 1}} per line") from None
+        if not isinstance(r, dict) or "text" not in r or "label" not in r:
+            has = (", ".join(map(repr, r)) or "no fields") if isinstance(r, dict) else \
+                f"a JSON {type(r).__name__}, not an object"
+            raise DataError(f"{path}: line {n} needs the fields text and label (it has {has}); "
+                            f"expected {{\"text\": ..., \"label\": 0 or 1}} per line")
+        if not isinstance(r["text"], str):
+            raise DataError(f"{path}: line {n}: text is {json.dumps(r['text'])[:40]}, expected "
+                            f"a string")
+        rows.append((n, r["text"], _label(r["label"], f"{path}: line {n}")))
+    return rows
+
+
 def load_labelled_text(path: str | Path, model) -> ProbeDataset:
-    """Sequences with one 0/1 label each, from CSV (text,label) or JSONL ({text, label})."""
+    """Sequences with one class label each (0/1, or 0..K-1 for K classes), from CSV
+    (header ``text,label``) or JSONL (``{"text", "label"}``); JSONL lines with ``spans``
+    instead give token-level labels (``_token_spans``). The file is checked before anything
+    is tokenized: UTF-8, the columns, integer labels with every class present."""
+    from interp.circuits.tasks import read_text_lines
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"no labelled-text file at {path}")
     if model is None or getattr(model, "tokenizer", None) is None:
         raise DataError("labelled text needs a model with a tokenizer (--model)")
     if path.suffix == ".jsonl":
-        from interp.data.sources import read_jsonl
-
-        first = next(read_jsonl(path), (0, {}))[1]
-        if "spans" in first:
-            return _token_spans(path, model)
-    rows = []
-    if path.suffix == ".csv":
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
-                raise DataError(f"{path} needs the columns text and label, has "
-                                f"{reader.fieldnames}")
-            rows = [(r["text"], r["label"]) for r in reader]
+        numbered = read_text_lines(path)
+        if not numbered:
+            raise DataError(f"{path} is empty; expected {LABELLED_FORMS}")
+        try:
+            first = json.loads(numbered[0][1])
+        except json.JSONDecodeError:
+            first = None
+        if isinstance(first, dict) and "spans" in first:
+            return _token_spans(path, model, numbered)
+        rows = _read_jsonl(path, numbered)
     else:
-        from interp.data.sources import read_jsonl
-
-        rows = [(r["text"], r["label"]) for _, r in read_jsonl(path, ["text", "label"])]
+        rows = _read_csv(path)
     if not rows:
-        raise DataError(f"{path} holds no examples")
-    try:
-        labels = torch.tensor([int(float(lbl)) for _, lbl in rows])
-    except ValueError as e:
-        raise DataError(f"{path}: labels must be 0 or 1 ({e})") from e
-    toks = [model.to_tokens(t, prepend_bos=True)[0].tolist() for t, _ in rows]
+        raise DataError(f"{path} holds no examples (only a header); expected {LABELLED_FORMS}")
+    check_labels([lbl for _, _, lbl in rows], str(path))
+    labels = torch.tensor([lbl for _, _, lbl in rows])
+    toks = [model.to_tokens(t, prepend_bos=True)[0].tolist() for _, t, _ in rows]
     tokens, lengths = _pad(toks, model, _pad_id(model))
     ds = ProbeDataset(path.stem, None, tokens, labels, f"labelled text from {path.name}")
     ds.lengths = lengths  # type: ignore[attr-defined]
@@ -174,26 +266,40 @@ def _pad(seqs: list[list[int]], model, fill: int) -> tuple[torch.Tensor, torch.T
     return out, lengths
 
 
-def _token_spans(path: Path, model) -> ProbeDataset:
+def _token_spans(path: Path, model, numbered: list[tuple[int, str]]) -> ProbeDataset:
     """Token-level labels from character spans, with the tokenizer's offsets."""
-    from interp.data.sources import read_jsonl
-
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else 0
+    form = '{"text": ..., "spans": [[start, end], ...]} per line (token-level labels)'
     seqs, labs = [], []
-    for n, row in read_jsonl(path, ["text", "spans"], "token-level lines need text and spans"):
+    for n, line in numbered:
         try:
-            spans = [(int(a), int(b)) for a, b in row["spans"]]
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); expected "
+                            f"{form}") from None
+        if not isinstance(row, dict) or "text" not in row or "spans" not in row:
+            has = (", ".join(map(repr, row)) or "no fields") if isinstance(row, dict) else \
+                f"a JSON {type(row).__name__}, not an object"
+            raise DataError(f"{path}: line {n} needs the fields text and spans (it has {has}); "
+                            f"expected {form}")
+        if not isinstance(row["text"], str):
+            raise DataError(f"{path}: line {n}: text is {json.dumps(row['text'])[:40]}, "
+                            f"expected a string")
+        try:
+            spans = [(a, b) for a, b in row["spans"]]
+            if not all(type(v) is int and v >= 0 for ab in spans for v in ab) \
+                    or any(a > b for a, b in spans):
+                raise ValueError
         except (TypeError, ValueError):
-            raise DataError(f"{path}: line {n}: spans must be [[start, end], ...] character "
-                            f"offsets") from None
+            raise DataError(f"{path}: line {n}: spans is {json.dumps(row['spans'])[:60]}; "
+                            f"expected [[start, end], ...] character offsets (integers, "
+                            f"0 <= start <= end)") from None
         enc = tok(row["text"], return_offsets_mapping=True, add_special_tokens=False)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         lab = [int(any(s < e and a < e and s < b for a, b in spans)) for s, e in offsets]
         seqs.append([bos] + ids)
         labs.append([-1] + lab)
-    if not seqs:
-        raise DataError(f"{path} holds no examples")
     tokens, _ = _pad(seqs, model, _pad_id(model))
     labels, _ = _pad(labs, model, -1)
     return ProbeDataset(path.stem, None, tokens, labels, f"token spans from {path.name}")
