@@ -70,11 +70,16 @@ def model(name: str):
 
 
 @st.cache_resource(show_spinner="loading the SAE")
-def sae(spec: str):
-    from interp.sae.io import load_sae
-    from interp.sae.release import load_pretrained, registry
+def sae(spec: str, model_name: str | None = None):
+    """An SAE by registry name or folder; checked against ``model_name``'s model when given
+    (another model's SAE, or a hook it lacks, is an InterpError the page shows)."""
+    from interp.provenance import check_dictionary
+    from interp.sae.release import load_named
 
-    return (load_pretrained(spec) if spec in registry() else load_sae(spec)).eval()
+    loaded, _ = load_named(spec)
+    if model_name:
+        check_dictionary(loaded, name=spec, model=model(model_name), model_name=model_name)
+    return loaded.eval()
 
 
 @st.cache_resource

@@ -6,6 +6,9 @@ run sets none of them and is a world of one. Collectives here move small Python 
 (settings, status), so gloo serves on CPU; with CUDA each process takes the GPU of its
 ``LOCAL_RANK`` and nccl.
 
+``check_device(name)`` refuses, before anything loads, a device string torch does not know
+or a CUDA / MPS device this machine lacks, naming the devices that are valid here.
+
 ``collective(fn)`` runs ``fn`` on the chosen ranks and shares the outcome, so an error on
 one rank (a bad setting, a full disk) becomes a clear error on every rank instead of the
 others waiting at the next barrier until a timeout.
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from interp.errors import DataError, InterpError
+from interp.errors import DataError, InterpError, UnknownNameError
 
 
 @dataclass
@@ -86,6 +89,42 @@ def world(device: str = "cpu") -> World:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo")
     return World(rank, size, local)
+
+
+def _devices_here() -> list[str]:
+    here = ["cpu"]
+    if torch.cuda.is_available():
+        here += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        here.append("mps")
+    return here
+
+
+def check_device(name: str, flag: str = "--device") -> None:
+    """Refuse (one line, naming ``flag`` and the devices valid here) a device string torch
+    does not parse, a device type other than cpu / cuda / mps, or a CUDA / MPS device (or
+    CUDA index) this machine does not have. Call it before loading a model."""
+    name = str(name)
+    valid = f"valid here: {', '.join(_devices_here())}"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UnknownNameError(f"{flag} {name!r} is not a device; {valid}") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise DataError(f"{flag} {name}: the CPU has no device index {dev.index}; {valid}")
+    elif dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"{flag} {name}: CUDA is not available on this machine; {valid}")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DataError(f"{flag} {name}: this machine has {n} CUDA device(s); {valid}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DataError(f"{flag} {name}: MPS is not available on this machine; {valid}")
+    else:
+        raise DataError(f"{flag} {name}: {dev.type} devices are not supported (cpu, cuda and "
+                        f"mps are); {valid}")
 
 
 def rank_device(device: str, w: World) -> str:

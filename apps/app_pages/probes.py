@@ -13,7 +13,7 @@ def cached_probes(model_name: str, prop: str, sources: tuple, sae_specs: tuple, 
                   method: str, contexts: int, examples: int) -> dict:
     from interp.probes.experiment import compare_sources
 
-    saes = {name: C.sae(spec) for name, spec in sae_specs}
+    saes = {name: C.sae(spec, model_name) for name, spec in sae_specs}
     return compare_sources(C.model(model_name), prop, list(sources), saes, ks=list(ks),
                            method=method, n_contexts=contexts, max_examples=examples)
 

@@ -6,6 +6,11 @@ whole run; a hook keeps a view of the positions to store and the writer copies i
 straight into a memory-mapped shard. Token batches are generated one step ahead in a
 background thread, so the harvest costs little more than the forward pass itself
 (``benchmarks/harvest.py``).
+
+Before the store is created (nothing is written when a check refuses): the config's numbers
+(``HarvestConfig.validate``), the device (``distributed.check_device``), then, with the
+model loaded, the hooks, the context length and the token source against the model
+(``sources.check_fits``: the source's own model, the first context's ids in the vocabulary).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.activations.store import ActivationStore, StoreWriter
+from interp.activations.store import DTYPES, ActivationStore, StoreWriter
+from interp.data.sources import default_source  # noqa: F401  (re-exported: its old home)
 from interp.errors import DataError, unknown
 from interp.version import code_version
 
@@ -44,19 +50,20 @@ class HarvestConfig:
     source_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        """The settings that need no model: counts, sizes, dtype, hooks named once."""
         if not self.hooks:
             raise DataError("give at least one --hook")
-        if self.n_tokens <= 0:
-            raise DataError(f"--tokens must be positive, got {self.n_tokens}")
-        if self.batch_size <= 0:
-            raise DataError(f"--batch-size must be positive, got {self.batch_size}")
-
-
-def default_source(model_name: str) -> str:
-    if model_name in ("othello", "pycode"):
-        return model_name
-    raise DataError(f"name a token source for {model_name!r} with --source (an HF dataset "
-                    f"as hf:NAME, or a local .txt/.jsonl/.parquet file)")
+        twice = sorted({h for h in self.hooks if self.hooks.count(h) > 1})
+        if twice:
+            raise DataError(f"--hook {twice[0]} is given more than once; name each hook once")
+        for flag, value in (("--tokens", self.n_tokens), ("--batch-size", self.batch_size),
+                            ("--shard-rows", self.shard_rows)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise DataError(f"{flag} must be a positive integer, got {value!r}")
+        if self.n_ctx is not None and (not isinstance(self.n_ctx, int) or self.n_ctx < 2):
+            raise DataError(f"--n-ctx must be at least 2 (BOS and one token), got {self.n_ctx!r}")
+        if self.dtype not in DTYPES:
+            raise unknown("--dtype", str(self.dtype), DTYPES)
 
 
 def stop_layer(hooks: list[str], n_layers: int) -> int | None:
@@ -116,9 +123,10 @@ def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> Activation
     the contexts into its own part of the same store and rank 0 merges the parts
     (``_harvest_parallel``); the finished store is the one a single process would write.
     """
-    from interp.distributed import rank_device, world
+    from interp.distributed import check_device, rank_device, world
 
     cfg.validate()
+    check_device(cfg.device)
     w = world(cfg.device)
     device = rank_device(cfg.device, w)
     plan = _Plan.make(cfg, model, device)
@@ -155,16 +163,19 @@ class _Plan:
 
     @classmethod
     def make(cls, cfg: HarvestConfig, model, device: str) -> "_Plan":
-        from interp.data.sources import make_source
+        from interp.data.sources import check_fits, make_source, model_name
         from interp.models import load
 
         model = model if model is not None else load(cfg.model, device=device)
         validate_hooks(model, cfg.hooks)
         n_ctx = cfg.n_ctx or min(model.cfg.n_ctx, 128)
-        if n_ctx > model.cfg.n_ctx or n_ctx < 2:
-            raise DataError(f"n_ctx {n_ctx} must lie in [2, {model.cfg.n_ctx}] for this model")
-        source = make_source(cfg.source or default_source(cfg.model), model=model,
-                             **cfg.source_kwargs)
+        if not 2 <= n_ctx <= model.cfg.n_ctx:
+            raise DataError(f"--n-ctx {n_ctx} does not fit the model {cfg.model!r}: valid "
+                            f"2..{model.cfg.n_ctx} (its context length)")
+        # by the model's own name: a folder holding an embedded model finds its corpus too
+        spec = cfg.source or default_source(model_name(model))
+        source = make_source(spec, model=model, **cfg.source_kwargs)
+        check_fits(source, model, n_ctx, label=cfg.model)  # before the store exists
         positions = list(range(1 if cfg.skip_bos else 0, n_ctx))
         widths = probe_hook_widths(model, cfg.hooks, n_ctx)
         n_contexts = math.ceil(cfg.n_tokens / len(positions))
@@ -179,7 +190,7 @@ def _harvest_range(plan: _Plan, writer: StoreWriter, start: int, stop: int,
                    progress: bool, desc: str) -> None:
     """Contexts ``start`` .. ``stop - 1`` of the source through the model into ``writer``,
     skipping those the writer already holds (a resumed harvest)."""
-    from interp.data.sources import contexts_range, prefetch
+    from interp.data.sources import check_token_ids, contexts_range, prefetch
 
     cfg, model, positions = plan.cfg, plan.model, plan.positions
     done = writer.contexts_done
@@ -198,7 +209,9 @@ def _harvest_range(plan: _Plan, writer: StoreWriter, start: int, stop: int,
     def token_batches():
         it = contexts_range(plan.source, plan.n_ctx, first, stop)
         while chunk := list(itertools.islice(it, cfg.batch_size)):
-            yield torch.from_numpy(np.stack(chunk))
+            batch = np.stack(chunk)
+            check_token_ids(batch, model, plan.source, cfg.model)  # not only the first's
+            yield torch.from_numpy(batch)
 
     bar = tqdm(total=(stop - start) * len(positions), initial=done * len(positions),
                unit="tok", unit_scale=True, desc=desc, disable=not progress)
@@ -235,22 +248,23 @@ def _check_same_settings(prints: list[dict]) -> None:
 def _prepare_parallel(path: Path, plan: _Plan, world_size: int, nonce: str) -> None:
     """Rank 0: start (or take up again) a parallel harvest in ``path``; its manifest says
     so (readers refuse the store until the merge) and records the settings to resume."""
-    from interp.activations.store import MANIFEST, _atomic_write_json
+    from interp.activations.store import (MANIFEST, _atomic_write_json, _parallel_world,
+                                          read_manifest)
 
     mpath = path / MANIFEST
     cfg_now = {k: v for k, v in plan.meta["harvest_config"].items() if k != "device"}
     if mpath.exists():
-        old = json.loads(mpath.read_text())
+        old = read_manifest(mpath)
         if old.get("complete"):
             raise DataError(f"{path} already holds a complete store; choose another --out or "
                             f"delete it")
-        par = old.get("parallel")
-        if not par:
+        n = _parallel_world(old, mpath)
+        if n is None:
             raise DataError(f"{path} holds an unfinished single-process harvest; resume it with "
                             f"the same command without torchrun, or delete it")
-        if par["world_size"] != world_size:
-            raise DataError(f"{path} holds an unfinished harvest over {par['world_size']} "
-                            f"processes; resume it with {par['world_size']} processes (this "
+        if n != world_size:
+            raise DataError(f"{path} holds an unfinished harvest over {n} "
+                            f"processes; resume it with {n} processes (this "
                             f"run has {world_size}), or delete it")
         old_cfg = {k: v for k, v in old.get("harvest_config", {}).items() if k != "device"}
         diff = sorted(k for k in set(old_cfg) | set(cfg_now) if old_cfg.get(k) != cfg_now.get(k))
@@ -273,7 +287,7 @@ def _check_shared(path: Path, nonce: str, rank: int) -> None:
 
     try:
         seen = json.loads((path / MANIFEST).read_text())["parallel"]["nonce"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         seen = None
     if seen != nonce:
         raise DataError(f"rank {rank} (host {host()}) does not see the store rank 0 just "

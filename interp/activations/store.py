@@ -20,12 +20,18 @@ folder: rank r's shards are ``<hook>/pRRRRR-shard_NNNNN.npy`` and its manifest
 ``parts/part-RRRRR-of-WWWWW.json`` (the same format, with the rank's context range). When
 every part is complete, rank 0 merges them (``merge_parts``) into one ``manifest.json``
 that lists every rank's shards in rank order; readers see one ordinary store.
+
+Opening a store checks the manifest's shape (``check_manifest``: required keys and types,
+``rows == contexts * P`` per shard) and, in ``verify``, every shard file's ``.npy`` header
+(shape, dtype, C order) and size against it, reading headers only: a manifest edited so that
+the sizes still add up is refused rather than read as rows and contexts that do not exist.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,14 +71,157 @@ def part_manifest_path(path: Path | str, rank: int, world: int) -> Path:
 SHARED_KEYS = ("hooks", "dtype", "n_ctx", "positions", "contexts_per_shard", "model", "source")
 
 
-def _npy_header_len(path: Path) -> int:
+REQUIRED_KEYS = ("positions", "n_ctx", "dtype", "hooks", "shards")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _json_kind(v) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(v), "number")
+
+
+def _short(v) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(v) -> bool:
+    """A file or folder name inside the store (no path separators, no ``..``)."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
+
+
+def read_manifest(path: Path) -> dict:
+    """The JSON object in a manifest file (a store's or a part's)."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        kind = "not valid JSON" if isinstance(e, ValueError) else "unreadable"
+        raise CorruptArtifactError(f"{path} is {kind} ({_one_line(e)})") from e
+    if not isinstance(m, dict):
+        raise CorruptArtifactError(f"{path} is not a store manifest: it holds a JSON "
+                                   f"{_json_kind(m)}, not an object with "
+                                   f"{', '.join(REQUIRED_KEYS)}")
+    return m
+
+
+def _parallel_world(m: dict, mpath: Path) -> int | None:
+    """The process count of an unfinished parallel harvest's manifest (None: not one)."""
+    par = m.get("parallel")
+    if not par:
+        return None
+    if not isinstance(par, dict) or not _is_int(par.get("world_size")) or par["world_size"] < 1:
+        raise CorruptArtifactError(f"{mpath} is not a valid store manifest: parallel must be an "
+                                   f"object with a positive integer world_size, got {_short(par)}")
+    return par["world_size"]
+
+
+def check_manifest(mpath: Path, m: dict) -> None:
+    """Refuse a store manifest whose keys are missing or of the wrong type or that does not
+    add up (rows = contexts x kept positions per shard; the totals), naming what is wrong."""
+    def bad(what: str) -> CorruptArtifactError:
+        return CorruptArtifactError(f"{mpath} is not a valid store manifest: {what}")
+
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    if missing:
+        raise bad(f"it lacks {', '.join(missing)} (a manifest needs {', '.join(REQUIRED_KEYS)})")
+    version = m.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        raise bad(f"format_version {_short(version)} is not one this version reads "
+                  f"(1..{FORMAT_VERSION})")
+    n_ctx = m["n_ctx"]
+    if not _is_int(n_ctx) or n_ctx < 1:
+        raise bad(f"n_ctx must be a positive integer, got {_short(n_ctx)}")
+    pos = m["positions"]
+    if not (isinstance(pos, list) and pos and all(_is_int(p) and 0 <= p < n_ctx for p in pos)
+            and len(set(pos)) == len(pos)):
+        raise bad(f"positions must be a non-empty list of distinct integers in [0, {n_ctx}), "
+                  f"got {_short(pos)}")
+    if not isinstance(m["dtype"], str) or m["dtype"] not in DTYPES:
+        raise bad(f"unknown dtype {_short(m['dtype'])}; valid: {', '.join(DTYPES)}")
+    hooks = m["hooks"]
+    if not isinstance(hooks, dict) or not hooks:
+        raise bad(f"hooks must be a non-empty object of hook name -> {{d_in, dir}}, "
+                  f"got {_short(hooks)}")
+    dirs = {"tokens", PARTS}
+    for h, spec in hooks.items():
+        if not (isinstance(spec, dict) and _is_int(spec.get("d_in")) and spec["d_in"] >= 1
+                and _plain_name(spec.get("dir"))):
+            raise bad(f"hook {h!r} needs a positive integer d_in and a folder name dir, "
+                      f"got {_short(spec)}")
+        if spec["dir"] in dirs:
+            raise bad(f"hook {h!r} has the folder {spec['dir']!r}, which another hook or the "
+                      f"tokens use")
+        dirs.add(spec["dir"])
+    shards = m["shards"]
+    if not isinstance(shards, list):
+        raise bad(f"shards must be an array, got a JSON {_json_kind(shards)}")
+    P, files, contexts = len(pos), set(), 0
+    for i, s in enumerate(shards):
+        if not (isinstance(s, dict) and _plain_name(s.get("file")) and _is_int(s.get("contexts"))
+                and _is_int(s.get("rows")) and s["contexts"] >= 0):
+            raise bad(f"shard {i} needs a file name and non-negative integer contexts and rows, "
+                      f"got {_short(s)}")
+        if s["rows"] != s["contexts"] * P:
+            raise bad(f"shard {i} ({s['file']}) lists {s['rows']} rows, but its {s['contexts']} "
+                      f"contexts x {P} kept positions make {s['contexts'] * P}")
+        if s["file"] in files:
+            raise bad(f"the shard file {s['file']!r} is listed twice")
+        files.add(s["file"])
+        contexts += s["contexts"]
+    for key, total in (("n_contexts", contexts), ("n_tokens", contexts * P)):
+        if key in m and m[key] != total:
+            raise bad(f"{key} is {_short(m[key])}, but its shards hold {total}")
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, header bytes) of an ``.npy`` file; reads the header only."""
     with open(path, "rb") as f:
         major, _ = np.lib.format.read_magic(f)
         if major == 1:
-            np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif major == 2:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            np.lib.format.read_array_header_2_0(f)
-        return f.tell()
+            raise ValueError(f"unsupported .npy format version {major}")
+        return tuple(shape), bool(fortran), np.dtype(dtype), f.tell()
+
+
+def check_shard_files(path: Path, m: dict, mpath: Path) -> None:
+    """Every shard file ``m`` (a checked manifest) lists exists, with the ``.npy`` header
+    (shape, dtype, C order) and the size its manifest entry implies. Headers only: cheap."""
+    value_dtype = np.dtype(DTYPES[m["dtype"]][0])
+    bits = " (bfloat16 bits)" if m["dtype"] == "bfloat16" else ""
+    for s in m["shards"]:
+        expected = [("tokens", (s["contexts"], m["n_ctx"]), np.dtype(np.int32), "")]
+        expected += [(v["dir"], (s["rows"], v["d_in"]), value_dtype, bits)
+                     for v in m["hooks"].values()]
+        for sub, shape, dtype, note in expected:
+            f = path / sub / s["file"]
+            try:
+                size = f.stat().st_size
+            except FileNotFoundError:
+                raise CorruptArtifactError(f"store file missing: {f}") from None
+            try:
+                got_shape, fortran, got_dtype, header = _npy_header(f)
+            except (ValueError, OSError) as e:
+                raise CorruptArtifactError(f"store file {f} is corrupt ({_one_line(e)})") from e
+            if got_shape != shape or got_dtype != dtype or fortran:
+                order = ", Fortran order" if fortran else ""
+                raise CorruptArtifactError(
+                    f"store file {f} holds a {got_shape} {got_dtype}{order} array, but "
+                    f"{mpath.name} says {shape} {dtype}{note}: the manifest or the file was "
+                    f"changed; harvest the store again")
+            if size != header + math.prod(shape) * dtype.itemsize:
+                raise CorruptArtifactError(
+                    f"store file {f} is truncated or the wrong size: {size} bytes, expected "
+                    f"{header + math.prod(shape) * dtype.itemsize}")
 
 
 class StoreWriter:
@@ -96,6 +245,8 @@ class StoreWriter:
         positions = [int(p) for p in positions]
         if not positions or min(positions) < 0 or max(positions) >= n_ctx:
             raise DataError(f"positions must lie in [0, {n_ctx}), got {positions[:5]}...")
+        if len(set(positions)) != len(positions):
+            raise DataError(f"positions must be distinct, got {positions[:8]}...")
         self.path = Path(path)
         self.n_ctx, self.positions, self.dtype = n_ctx, positions, dtype
         self.contexts_per_shard = max(1, shard_rows // len(positions))
@@ -115,14 +266,14 @@ class StoreWriter:
             self.manifest["part"] = dict(part)
         existing = self.manifest_path
         if existing.exists():
-            old = json.loads(existing.read_text())
+            old = read_manifest(existing)
             if old.get("complete"):
                 raise DataError(f"{self.path} already holds a complete store; choose another "
                                 f"--out or delete it")
             if not resume:
                 raise DataError(f"{self.path} holds an unfinished store; resume it or delete it")
-            if part is None and old.get("parallel"):
-                n = old["parallel"]["world_size"]
+            n = _parallel_world(old, existing)
+            if part is None and n is not None:
                 raise DataError(f"{self.path} holds an unfinished harvest over {n} processes; "
                                 f"resume it with the same command under `torchrun "
                                 f"--nproc_per_node {n}` (same total processes), or delete it")
@@ -132,6 +283,7 @@ class StoreWriter:
                 raise DataError(f"cannot resume the unfinished store at {self.path}: its "
                                 f"{', '.join(diff)} differ from this harvest's; delete it or "
                                 f"use the same settings")
+            self._check_resumable(old, existing)
             self.manifest["shards"] = old["shards"]
             self._drop_unlisted_shards()
         existing.parent.mkdir(parents=True, exist_ok=True)
@@ -152,12 +304,25 @@ class StoreWriter:
     def contexts_written(self) -> int:
         return self.contexts_done + self._filled
 
+    def _check_resumable(self, old: dict, mpath: Path) -> None:
+        """The unfinished manifest's shards (its settings equal ours) are the writer's own,
+        named in order, with the files they list intact: only then are they kept."""
+        check_manifest(mpath, {**self.manifest, "shards": old.get("shards")})
+        names = [s["file"] for s in old["shards"]]
+        if names != [f"{self.prefix}shard_{i:05d}.npy" for i in range(len(names))]:
+            raise CorruptArtifactError(f"cannot resume the unfinished store at {self.path}: "
+                                       f"{mpath.name} lists shard files out of order "
+                                       f"({_short(names)}); delete it and harvest again")
+        check_shard_files(self.path, {**self.manifest, "shards": old["shards"]}, mpath)
+
     def _drop_unlisted_shards(self) -> None:
         """Partial shards written after the last manifest update are rewritten."""
         n = len(self.manifest["shards"])
+        ours = re.compile(rf"^{re.escape(self.prefix)}shard_(\d+)\.npy$")
         for sub in ["tokens", *[v["dir"] for v in self.manifest["hooks"].values()]]:
             for f in (self.path / sub).glob(f"{self.prefix}shard_*.npy"):
-                if int(f.stem.rsplit("_", 1)[1]) >= n:
+                m = ours.match(f.name)
+                if m and int(m.group(1)) >= n:
                     f.unlink()
 
     def _shard_name(self) -> str:
@@ -257,7 +422,7 @@ def merge_parts(path: Path | str, world_size: int, extra: dict | None = None) ->
         if not f.exists():
             raise CorruptArtifactError(f"cannot merge the parallel harvest in {path}: the part "
                                        f"of rank {r} ({f}) is missing")
-        m = json.loads(f.read_text())
+        m = read_manifest(f)
         if not m.get("complete"):
             raise IncompleteStoreError(f"cannot merge the parallel harvest in {path}: rank {r}'s "
                                        f"part is unfinished ({f})")
@@ -308,14 +473,13 @@ class ActivationStore:
             hint = " (the folder does not exist)" if not self.path.exists() else ""
             raise CorruptArtifactError(f"no activation store at {self.path}{hint}: "
                                        f"{MANIFEST} is missing; create one with `interp harvest`")
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise CorruptArtifactError(f"{mpath} is not valid JSON ({e})") from e
-        if not self.manifest.get("complete"):
-            done = len(self.manifest.get("shards", []))
-            if self.manifest.get("parallel"):
-                n = self.manifest["parallel"]["world_size"]
+        self.manifest_path = mpath
+        self.manifest = read_manifest(mpath)
+        if self.manifest.get("complete") is not True:
+            shards = self.manifest.get("shards")
+            done = len(shards) if isinstance(shards, list) else 0
+            n = _parallel_world(self.manifest, mpath)
+            if n is not None:
                 raise IncompleteStoreError(
                     f"the store at {self.path} is incomplete: its harvest over {n} processes "
                     f"has not finished (parts in {self.path / PARTS}). Rerun the same "
@@ -323,6 +487,7 @@ class ActivationStore:
             raise IncompleteStoreError(
                 f"the store at {self.path} is incomplete: its harvest stopped after {done} "
                 f"shard(s). Rerun the same `interp harvest` command to resume it.")
+        check_manifest(mpath, self.manifest)
         self.positions: list[int] = self.manifest["positions"]
         self.n_ctx: int = self.manifest["n_ctx"]
         self.dtype: str = self.manifest["dtype"]
@@ -365,24 +530,9 @@ class ActivationStore:
         return self.path / sub / shard.file
 
     def verify(self) -> None:
-        """Every shard file exists with the size its manifest entry implies."""
-        itemsize = np.dtype(DTYPES[self.dtype][0]).itemsize
-        for shard in self._shards:
-            expected = [("tokens", shard.contexts * self.n_ctx * 4)]
-            expected += [(v["dir"], shard.rows * v["d_in"] * itemsize)
-                         for v in self.manifest["hooks"].values()]
-            for sub, nbytes in expected:
-                f = self._file(sub, shard)
-                if not f.exists():
-                    raise CorruptArtifactError(f"store file missing: {f}")
-                try:
-                    header = _npy_header_len(f)
-                except (ValueError, OSError) as e:
-                    raise CorruptArtifactError(f"store file {f} is corrupt ({e})") from e
-                if f.stat().st_size != header + nbytes:
-                    raise CorruptArtifactError(
-                        f"store file {f} is truncated or the wrong size: "
-                        f"{f.stat().st_size} bytes, expected {header + nbytes}")
+        """Every shard file exists with the ``.npy`` header (shape, dtype) and the size its
+        manifest entry implies (headers only, so opening a large store stays fast)."""
+        check_shard_files(self.path, self.manifest, self.manifest_path)
 
     def _map(self, sub: str, i: int) -> np.ndarray:
         key = (sub, i)

@@ -6,6 +6,11 @@ by EOS, and the stream is cut into ``n_ctx - 1`` token chunks with BOS prepended
 
 Spec strings (``make_source``): ``othello``, ``pycode[:train|test]``, ``hf:DATASET[:SPLIT]``
 or a local path (``.txt`` file or folder of them, ``.jsonl``, ``.parquet``).
+
+Which source fits which model is decided here (``default_source``, ``check_fits``): the
+``othello`` and ``pycode`` corpora are in the token ids of their own embedded model only;
+text sources are tokenized with the model's tokenizer; and every id a source gives must lie
+in the model's vocabulary, ``0 <= id < d_vocab``.
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ class TokenSource:
 
     def describe(self) -> dict:
         raise NotImplementedError
+
+    def spec(self) -> str:
+        """The spec string ``make_source`` takes for this source (for messages)."""
+        return self.name
 
     def contexts(self, n_ctx: int) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -239,6 +248,9 @@ class PycodeSource(TokenSource):
         self.tokenizer_path = Path(tokenizer_path or model_dir("pycode") / "tokenizer.json")
         self.tok = _Tok(pycode.load_tokenizer(self.tokenizer_path))
 
+    def spec(self) -> str:
+        return f"pycode:{self.split}"
+
     def describe(self) -> dict:
         from interp.data import pycode
         return {"kind": "pycode", "split": self.split, "python": pycode.python_version(),
@@ -280,6 +292,9 @@ class HFDatasetSource(TokenSource):
         self.path, self.split, self.text_column = path, split, text_column
         self.config, self.streaming = config, streaming
         self.tok = _Tok(tokenizer)
+
+    def spec(self) -> str:
+        return f"hf:{self.path}:{self.split}"
 
     def describe(self) -> dict:
         return {"kind": "hf", "dataset": self.path, "config": self.config, "split": self.split,
@@ -326,6 +341,9 @@ class LocalTextSource(TokenSource):
                             f"valid: {', '.join(TEXT_SUFFIXES)} or a folder of .txt files")
         self.tok = _Tok(tokenizer)
 
+    def spec(self) -> str:
+        return str(self.path)
+
     def describe(self) -> dict:
         return {"kind": "local", "path": str(self.path), "text_column": self.text_column,
                 "tokenizer": self.tok.name}
@@ -364,6 +382,70 @@ class LocalTextSource(TokenSource):
 
 SOURCE_KINDS = ["othello", "pycode", "pycode:train", "pycode:test", "hf:DATASET[:SPLIT]",
                 "a path to .txt / folder / .jsonl / .parquet"]
+
+
+# The embedded models' corpora (source name -> model): othello's tokens are board squares,
+# pycode's its own 4096-token BPE, so each fits its own model and no other.
+CORPUS_OF = {"othello": "othello", "pycode": "pycode"}
+TEXT_SPECS = ["hf:DATASET[:SPLIT]", "a .txt/.jsonl/.parquet path"]
+
+
+def model_name(model) -> str:
+    """The name a loaded model goes by: its config's name (the embedded models and folders
+    of ours), the TransformerLens official name, or the folder it came from."""
+    meta = getattr(model, "interp_meta", None)
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return str(name or getattr(getattr(model, "cfg", None), "model_name", None) or "?")
+
+
+def default_source(model: str) -> str:
+    """The source spec of an embedded model's own corpus (``model``: its name)."""
+    for source, owner in CORPUS_OF.items():
+        if model == owner:
+            return source
+    raise DataError(f"name a token source for {model!r} with --source (an HF dataset "
+                    f"as hf:NAME, or a local .txt/.jsonl/.parquet file)")
+
+
+def sources_for(model) -> list[str]:
+    """The source specs that fit ``model`` (its own corpus; text when it has a tokenizer)."""
+    name = model_name(model)
+    own = ["pycode[:train|test]" if s == "pycode" else s
+           for s, owner in CORPUS_OF.items() if owner == name]
+    return own + (TEXT_SPECS if getattr(model, "tokenizer", None) is not None else [])
+
+
+def check_token_ids(tokens, model, source: TokenSource, label: str | None = None) -> None:
+    """Refuse token ids outside the model's vocabulary ``[0, d_vocab)``."""
+    tokens = np.asarray(tokens)
+    d_vocab = int(model.cfg.d_vocab)
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= d_vocab:
+        label = label or model_name(model)
+        bad = hi if hi >= d_vocab else lo
+        raise DataError(f"the token source {source.spec()} gives token id {bad}, outside the "
+                        f"vocabulary of the model {label!r} (ids 0..{d_vocab - 1}); sources "
+                        f"that fit it: {', '.join(sources_for(model)) or 'none'}")
+
+
+def check_fits(source: TokenSource, model, n_ctx: int, label: str | None = None) -> None:
+    """Refuse, before anything is written, a source whose tokens are not ``model``'s: an
+    embedded model's corpus with another model, or a first context (read here) that is
+    missing (an empty source) or has ids outside the vocabulary. ``label``: the model as
+    the user named it (default: its own name)."""
+    name = model_name(model)
+    label = label or name
+    owner = CORPUS_OF.get(source.name)
+    if owner is not None and owner != name:
+        fit = ", ".join(sources_for(model)) or "none (it has no tokenizer)"
+        raise DataError(f"the token source {source.spec()} is the corpus of the embedded model "
+                        f"{owner!r} and does not fit the model {label!r}; sources that fit "
+                        f"{label!r}: {fit}")
+    first = next(contexts_range(source, n_ctx, 0, 1), None)
+    if first is None:
+        raise DataError(f"empty dataset: the token source {source.describe()} gave no "
+                        f"context of {n_ctx} tokens")
+    check_token_ids(first, model, source, label)
 
 
 def from_description(desc: dict, model=None) -> TokenSource:
