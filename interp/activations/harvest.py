@@ -340,6 +340,9 @@ def _model_meta(model) -> dict:
     out = {k: v for k, v in meta.items() if k in keep}
     out.update(n_layers=model.cfg.n_layers, d_model=model.cfg.d_model,
                d_vocab=model.cfg.d_vocab, n_ctx=model.cfg.n_ctx)
+    from interp.provenance import model_digest
+
+    out["digest"] = model_digest(model)  # SAEs trained on the store record it
     return out
 
 
