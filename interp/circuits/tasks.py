@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from interp.data.pycode import BOS_TOKEN
+from interp.data.sources import read_text_lines
 from interp.errors import DataError, unknown
 
 METRICS = ("logit_diff", "logprob", "feature")
@@ -348,24 +349,6 @@ def _json_type(v) -> str:
     if isinstance(v, dict):
         return "an object"
     return type(v).__name__
-
-
-def read_text_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, line) of every non-blank line of a UTF-8 text file (a BOM is allowed);
-    bytes that are not UTF-8 are a DataError naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}); "
-                        f"save the file as UTF-8") from None
-    return [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
 
 
 def read_task_jsonl(path: str | Path) -> list[tuple[int, dict]]:

@@ -94,11 +94,38 @@ def contexts_range(source: TokenSource, n_ctx: int, start: int = 0,
     return it if stop is None else itertools.islice(it, max(0, stop - start))
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of every non-blank line of a UTF-8 text file (a BOM is allowed);
+    bytes that are not UTF-8 are a DataError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    data = path.read_bytes().removeprefix(UTF8_BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise not_utf8(path, line, data[e.start]) from None
+    return [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+
+
+def not_utf8(path: Path, line: int, byte: int) -> DataError:
+    return DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{byte:02x}); save the file "
+                     f"as UTF-8")
+
+
 def read_jsonl(path: Path, fields: Sequence[str] = (), hint: str = "") -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-empty line of a JSONL file; a clear error names
-    the line that is not JSON or lacks one of ``fields``."""
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    """(line number, object) for each non-empty line of a JSONL file, streamed; a clear
+    error names the line that is not UTF-8, not JSON or lacks one of ``fields``."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = (raw.removeprefix(UTF8_BOM) if n == 1 else raw).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, n, raw[e.start]) from None
             if not line.strip():
                 continue
             try:

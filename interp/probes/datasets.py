@@ -165,7 +165,7 @@ def check_labels(labels: list[int], where: str) -> None:
 
 def _read_csv(path: Path) -> list[tuple[int, str, int]]:
     """(line, text, label) rows of a labelled-text CSV."""
-    from interp.circuits.tasks import read_text_lines
+    from interp.data.sources import read_text_lines
 
     read_text_lines(path)  # UTF-8, else an error naming the line
     rows = []
@@ -194,23 +194,31 @@ def _read_csv(path: Path) -> list[tuple[int, str, int]]:
     return rows
 
 
+def _text_record(path: Path, n: int, line: str, other: str, form: str) -> dict:
+    """Line ``n`` of a JSONL file as an object with a string ``text`` and an ``other`` field
+    (label or spans); ``form`` says what a line should be."""
+    try:
+        r = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); expected {form}") \
+            from None
+    if not isinstance(r, dict) or "text" not in r or other not in r:
+        has = (", ".join(map(repr, r)) or "no fields") if isinstance(r, dict) else \
+            f"a JSON {type(r).__name__}, not an object"
+        raise DataError(f"{path}: line {n} needs the fields text and {other} (it has {has}); "
+                        f"expected {form}")
+    if not isinstance(r["text"], str):
+        raise DataError(f"{path}: line {n}: text is {json.dumps(r['text'])[:40]}, expected "
+                        f"a string")
+    return r
+
+
 def _read_jsonl(path: Path, numbered: list[tuple[int, str]]) -> list[tuple[int, str, int]]:
     """(line, text, label) rows of a labelled-text JSONL file."""
+    form = '{"text": ..., "label": 0 or 1} per line'
     rows = []
     for n, line in numbered:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); expected "
-                            f"{{\"text\": ..., \"label\": 0 or 1}} per line") from None
-        if not isinstance(r, dict) or "text" not in r or "label" not in r:
-            has = (", ".join(map(repr, r)) or "no fields") if isinstance(r, dict) else \
-                f"a JSON {type(r).__name__}, not an object"
-            raise DataError(f"{path}: line {n} needs the fields text and label (it has {has}); "
-                            f"expected {{\"text\": ..., \"label\": 0 or 1}} per line")
-        if not isinstance(r["text"], str):
-            raise DataError(f"{path}: line {n}: text is {json.dumps(r['text'])[:40]}, expected "
-                            f"a string")
+        r = _text_record(path, n, line, "label", form)
         rows.append((n, r["text"], _label(r["label"], f"{path}: line {n}")))
     return rows
 
@@ -220,7 +228,7 @@ def load_labelled_text(path: str | Path, model) -> ProbeDataset:
     (header ``text,label``) or JSONL (``{"text", "label"}``); JSONL lines with ``spans``
     instead give token-level labels (``_token_spans``). The file is checked before anything
     is tokenized: UTF-8, the columns, integer labels with every class present."""
-    from interp.circuits.tasks import read_text_lines
+    from interp.data.sources import read_text_lines
 
     path = Path(path)
     if not path.exists():
@@ -273,19 +281,7 @@ def _token_spans(path: Path, model, numbered: list[tuple[int, str]]) -> ProbeDat
     form = '{"text": ..., "spans": [[start, end], ...]} per line (token-level labels)'
     seqs, labs = [], []
     for n, line in numbered:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); expected "
-                            f"{form}") from None
-        if not isinstance(row, dict) or "text" not in row or "spans" not in row:
-            has = (", ".join(map(repr, row)) or "no fields") if isinstance(row, dict) else \
-                f"a JSON {type(row).__name__}, not an object"
-            raise DataError(f"{path}: line {n} needs the fields text and spans (it has {has}); "
-                            f"expected {form}")
-        if not isinstance(row["text"], str):
-            raise DataError(f"{path}: line {n}: text is {json.dumps(row['text'])[:40]}, "
-                            f"expected a string")
+        row = _text_record(path, n, line, "spans", form)
         try:
             spans = [(a, b) for a, b in row["spans"]]
             if not all(type(v) is int and v >= 0 for ab in spans for v in ab) \
