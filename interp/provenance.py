@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from interp.errors import MismatchError
+from interp.errors import MismatchError, closest
 
 
 # models TransformerLens converts on load (folding LayerNorms, centring weights): their
@@ -75,7 +75,7 @@ def _check_model(label: str, ours: tuple[str | None, str | None],
     else:
         return  # one side does not say: nothing to compare
     if not same:
-        raise MismatchError(f"{label} was trained on model {_model_side(name, digest)}, but "
+        raise MismatchError(f"{label} was trained on {_model_side(name, digest)}, but "
                             f"{where} {_model_side(other, other_digest)}; use a dictionary "
                             f"of that model, or the dictionary's own model")
 
@@ -99,8 +99,9 @@ def check_dictionary(sae, *, name: str | Path | None = None, model=None,
         mname = model_name or model_name_of(model)
         _check_model(label, ours, (mname, model_digest(model)), "the model is")
         if hook and hook not in model.hook_dict:
-            raise MismatchError(f"{label} reads {hook}, which model {mname!r} does not have "
-                                f"(its hooks look like blocks.0.hook_resid_post)")
+            near = ", ".join(closest(hook, list(model.hook_dict), 3))
+            raise MismatchError(f"{label} reads {hook}, which is not a hook of model "
+                                f"{mname!r} (closest: {near})")
         if hook:
             from interp.activations.harvest import probe_hook_widths
 

@@ -218,6 +218,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("--encoder-dtype",)),
     ("train-e2e-no-model", "train --arch e2e --hook " + HOOK + " --out {root}/t1",
      ("--model",)),
+    ("train-e2e-foreign-source", "train --arch e2e --model othello --hook " + HOOK +
+     " --source pycode --out {root}/t1", ("pycode", "does not fit the model 'othello'")),
     ("train-device-cuda", "train --store {run} --device cuda --out {root}/t1", ("cuda",)),
     ("train-foreign-checkpoint", "train --store {run} --out {bad}/foreign_ckpt " + " ".join(TINY),
      ("not an interp training checkpoint",)),
@@ -243,6 +245,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("eval-store-missing", "eval {sae} --store {root}/nowhere --out {root}/e1",
      ("no activation store",)),
     ("eval-foreign-model", "eval {sae} --model pycode --out {root}/e1", ("pycode", "othello")),
+    ("eval-foreign-source", "eval {sae} --source pycode --out {root}/e1",
+     ("pycode", "does not fit the model 'othello'")),
     ("eval-out-is-file", "eval {sae} --out {file}", ("is a file",)),
     # ---------------------------------------------------------------- circuit
     ("circuit-no-sae", "circuit --task othello-legal --out {root}/c.json", ("--sae",)),
@@ -349,6 +353,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("pycode", "othello")),
     ("features-device-cuda", f"features --sae {OTHELLO_SAE} --tokens 100 --device cuda "
      "--out {root}/f.duckdb", ("cuda",)),
+    ("features-foreign-source", f"features --sae {OTHELLO_SAE} --tokens 100 --source pycode "
+     "--out {root}/f.duckdb", ("pycode", "does not fit the model 'othello'")),
     ("features-shipped-no-out", f"features --sae {OTHELLO_SAE} --tokens 100", ("--out",)),
     # ---------------------------------------------------------------- app, demo
     ("app-missing-run", "app {root}/nowhere", ("no run folder",)),
@@ -464,17 +470,18 @@ def _interp(*args: str, **kw) -> subprocess.Popen:
                             env=env, **kw)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120,
+              poll: float = 0.2) -> None:
     t0 = time.time()
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
         assert time.time() - t0 < timeout, f"{path} did not appear"
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
-def _train_args(world, out, steps):
+def _train_args(world, out, steps, every=2):
     return ["train", "--store", world["run"], "--out", out, *TINY, "--steps", str(steps),
-            "--checkpoint-every", "2"]
+            "--checkpoint-every", str(every)]
 
 
 def test_a_second_writer_is_refused_and_the_first_is_unharmed(world, tmp_path):
@@ -500,15 +507,14 @@ def test_kill_and_resume_train_equals_an_uninterrupted_run(world, tmp_path):
     from safetensors.torch import load_file
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    steps = 300  # long enough to be killed part way on a fast machine
-    _ok(_train_args(world, whole, steps))
-    proc = _interp(*_train_args(world, killed, steps))
-    _wait_for(killed / "checkpoint.pt", proc)
-    time.sleep(0.5)
-    proc.kill()
+    args = lambda out: _train_args(world, out, 2000, every=20)  # noqa: E731
+    _ok(args(whole))
+    proc = _interp(*args(killed))
+    _wait_for(killed / "checkpoint.pt", proc, poll=0.01)
+    proc.kill()  # at once: the run is a few seconds long
     proc.communicate()
     assert not (killed / "sae_weights.safetensors").exists(), "the run ended before the kill"
-    _ok(_train_args(world, killed, steps))
+    _ok(args(killed))
     a = load_file(str(whole / "sae_weights.safetensors"))
     b = load_file(str(killed / "sae_weights.safetensors"))
     for name in a:

@@ -852,8 +852,9 @@ def build_for_run(run: str | Path | None, sae: str, cfg: FeatureConfig,
     """``interp features``: the run's model and token source (or ``source``), the SAE's hook;
     writes ``RUN/features/<sae>.duckdb`` unless ``out`` is given."""
     from interp.activations.harvest import default_source
-    from interp.data.sources import make_source
+    from interp.data.sources import check_fits, make_source
     from interp.models import load
+    from interp.provenance import check_dictionary
 
     cfg.validate()
     run_dir, run_meta = resolve_run(run) if run is not None else (None, {})
@@ -865,13 +866,15 @@ def build_for_run(run: str | Path | None, sae: str, cfg: FeatureConfig,
     model_name = run_meta.get("model") or md.get("model_name")
     if not model_name:
         raise DataError(f"the SAE {sae} does not record its model: give --run")
-    if md.get("model_name") and run_meta.get("model") and md["model_name"] != run_meta["model"]:
-        raise DataError(f"the SAE {sae} was trained on {md['model_name']!r}, the run "
-                        f"{run} is of {run_meta['model']!r}")
+    if out is None:
+        if run_dir is None:
+            raise DataError("give --out (or --run, whose features/ folder is the default)")
+        out = default_out(run_dir, sae_name)
     if run_meta.get("hooks") and hook not in run_meta["hooks"]:
         print(f"note: the run harvested {run_meta['hooks']}; the SAE reads {hook} (the model "
               f"computes it)")
     model = load(model_name, device=cfg.device)
+    check_dictionary(sae_model, name=sae, model=model, model_name=model_name, hook=hook)
     if cfg.n_ctx is None:
         n_ctx = None
         manifest = run_dir / "activations" / "manifest.json" if run_dir else None
@@ -887,10 +890,7 @@ def build_for_run(run: str | Path | None, sae: str, cfg: FeatureConfig,
         src = from_description(run_meta["dataset"], model)
     else:
         src = make_source(default_source(model_name), model=model)
-    if out is None:
-        if run_dir is None:
-            raise DataError("give --out (or --run, whose features/ folder is the default)")
-        out = default_out(run_dir, sae_name)
+    check_fits(src, model, cfg.n_ctx, label=model_name)
     sae_model = sae_model.to(cfg.device)
     meta = {"run": str(run_dir) if run_dir else None, "sae": str(sae), "sae_name": sae_name,
             "model": str(model_name)}

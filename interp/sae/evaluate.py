@@ -214,8 +214,11 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
                 res["reconstruction_by_k"][str(kp)] = r
             figures["fvu_by_k"] = fvu_by_k(res["reconstruction_by_k"])
     if m is not None:
+        from interp.data.sources import check_fits
+
         src = eval_token_source(model_name, source, m)
         n_ctx = min(m.cfg.n_ctx, int(sae.cfg.metadata.get("context_size") or 128))
+        check_fits(src, m, n_ctx, label=str(model_name))
         toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
         res["spliced"] = {a: spliced_metrics(m, sae, hook, toks, ablation=a)
                           for a in ("zero", "mean")}

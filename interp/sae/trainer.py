@@ -213,7 +213,7 @@ class EndToEndObjective:
 
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
         from interp.activations.harvest import default_source, validate_hooks
-        from interp.data.sources import make_source
+        from interp.data.sources import check_fits, make_source
         from interp.models import load
 
         if not cfg.model or not cfg.hook:
@@ -226,6 +226,7 @@ class EndToEndObjective:
         self.n_ctx = cfg.n_ctx or min(self.model.cfg.n_ctx, 128)
         self.spec = cfg.source or default_source(cfg.model)
         self.source = lambda: make_source(self.spec, model=self.model)
+        check_fits(self.source(), self.model, self.n_ctx, label=cfg.model)
         with torch.no_grad():
             _, cache = self.model.run_with_cache(
                 torch.zeros(1, self.n_ctx, dtype=torch.long, device=self.device),
