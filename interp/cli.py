@@ -715,8 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         said = str(e) if isinstance(e, Interrupted) else ""
         print(f"interrupted{': ' + said if said else ''}; rerun the same command to "
-              f"{'resume' if said else 'start again (harvest and train resume where they stopped)'}",
-              file=sys.stderr)
+              f"{'resume' if said else 'start again'}", file=sys.stderr)
         return 130
     return 0
 

@@ -76,8 +76,8 @@ def _check_model(label: str, ours: tuple[str | None, str | None],
         return  # one side does not say: nothing to compare
     if not same:
         raise MismatchError(f"{label} was trained on {_model_side(name, digest)}, but "
-                            f"{where} {_model_side(other, other_digest)}; use a dictionary "
-                            f"of that model, or the dictionary's own model")
+                            f"{where} {_model_side(other, other_digest)}; use an SAE of "
+                            f"that model, or the SAE's own model")
 
 
 def check_dictionary(sae, *, name: str | Path | None = None, model=None,
@@ -92,8 +92,8 @@ def check_dictionary(sae, *, name: str | Path | None = None, model=None,
     ours = (md.get("model_name"), md.get("model_digest"))
     sae_hook = md.get("hook_name")
     if hook is not None and sae_hook and hook != sae_hook:
-        raise MismatchError(f"{label} reads {sae_hook}, not {hook}; use a dictionary of "
-                            f"{hook} or the hook {sae_hook}")
+        raise MismatchError(f"{label} reads {sae_hook}, not {hook}; use an SAE of {hook} "
+                            f"or the hook {sae_hook}")
     hook = hook or sae_hook
     if model is not None:
         mname = model_name or model_name_of(model)
@@ -122,8 +122,8 @@ def check_dictionary(sae, *, name: str | Path | None = None, model=None,
                                 f"the store {store.path} holds {', '.join(store.hooks)}")
         if hook not in store.hooks:
             raise MismatchError(f"{label} reads {hook}, but the store {store.path} holds "
-                                f"{', '.join(store.hooks)}; harvest {hook} or use a "
-                                f"dictionary of those hooks")
+                                f"{', '.join(store.hooks)}; harvest {hook} or use an SAE "
+                                f"of those hooks")
         if store.d_in(hook) != sae.cfg.d_in:
             raise MismatchError(f"{hook} in the store {store.path} has d_in="
                                 f"{store.d_in(hook)}, but {label} takes d_in={sae.cfg.d_in}")

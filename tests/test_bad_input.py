@@ -522,3 +522,22 @@ def test_kill_and_resume_train_equals_an_uninterrupted_run(world, tmp_path):
     steps_logged = [json.loads(x)["step"] for x in (killed / "train_log.jsonl").read_text()
                     .splitlines() if "eval" not in json.loads(x)]
     assert steps_logged == sorted(set(steps_logged))  # no step twice
+
+
+def test_ctrl_c_in_a_harvest_is_one_line_and_resumes(tmp_path):
+    out = tmp_path / "h"
+    args = ["harvest", "--model", "othello", "--hook", HOOK, "--tokens", "400000",
+            "--shard-rows", "2048", "--out", out]
+    proc = _interp(*args)
+    manifest = out / "activations" / "manifest.json"
+    _wait_for(manifest, proc)
+    while not json.loads(manifest.read_text())["shards"]:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    last = err.strip().replace("\r", "\n").splitlines()[-1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert last.startswith("interrupted: the harvest in") and last.endswith("to resume"), last
+    assert not (out / ".interp.lock").exists()
+    assert not json.loads(manifest.read_text())["complete"]

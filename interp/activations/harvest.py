@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from interp.activations.store import DTYPES, ActivationStore, StoreWriter
 from interp.data.sources import default_source  # noqa: F401  (re-exported: its old home)
-from interp.errors import DataError, unknown
+from interp.errors import DataError, Interrupted, unknown
 from interp.version import code_version
 
 STORE_SUBDIR = "activations"
@@ -215,12 +215,17 @@ def _harvest_range(plan: _Plan, writer: StoreWriter, start: int, stop: int,
 
     bar = tqdm(total=(stop - start) * len(positions), initial=done * len(positions),
                unit="tok", unit_scale=True, desc=desc, disable=not progress)
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(h, capture) for h in cfg.hooks]):
-        for tokens in prefetch(token_batches()) if first < stop else ():
-            model(tokens.to(model.cfg.device), stop_at_layer=stop_at)
-            writer.add(tokens, captured)
-            bar.update(tokens.shape[0] * len(positions))
-    bar.close()
+    try:
+        with torch.inference_mode(), model.hooks(fwd_hooks=[(h, capture) for h in cfg.hooks]):
+            for tokens in prefetch(token_batches()) if first < stop else ():
+                model(tokens.to(model.cfg.device), stop_at_layer=stop_at)
+                writer.add(tokens, captured)
+                bar.update(tokens.shape[0] * len(positions))
+    except KeyboardInterrupt:
+        raise Interrupted(f"the harvest in {writer.path} stopped with {writer.contexts_done} "
+                          f"contexts saved") from None
+    finally:
+        bar.close()
 
 
 def _fingerprint(plan: _Plan) -> dict:
