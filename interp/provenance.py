@@ -103,9 +103,9 @@ def check_dictionary(sae, *, name: str | Path | None = None, model=None,
             raise MismatchError(f"{label} reads {hook}, which is not a hook of model "
                                 f"{mname!r} (closest: {near})")
         if hook:
-            from interp.activations.harvest import probe_hook_widths
+            from interp.hooks import hook_widths
 
-            width = probe_hook_widths(model, [hook], 2)[hook]
+            width = hook_widths(model, [hook])[hook]
             if width != sae.cfg.d_in:
                 raise MismatchError(f"{label} takes d_in={sae.cfg.d_in}, but {hook} of model "
                                     f"{mname!r} has width {width}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,10 +27,10 @@ from tqdm.auto import tqdm
 from interp.activations.store import DTYPES, ActivationStore, StoreWriter
 from interp.data.sources import default_source  # noqa: F401  (re-exported: its old home)
 from interp.errors import DataError, Interrupted, unknown
+from interp.hooks import default_n_ctx, hook_widths, stop_layer, validate_hooks
 from interp.version import code_version
 
 STORE_SUBDIR = "activations"
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass
@@ -64,44 +63,6 @@ class HarvestConfig:
             raise DataError(f"--n-ctx must be at least 2 (BOS and one token), got {self.n_ctx!r}")
         if self.dtype not in DTYPES:
             raise unknown("--dtype", str(self.dtype), DTYPES)
-
-
-def stop_layer(hooks: list[str], n_layers: int) -> int | None:
-    """The ``stop_at_layer`` that still runs every hook (None: the whole model)."""
-    last = -1
-    for h in hooks:
-        m = _BLOCK.match(h)
-        if m:
-            last = max(last, int(m.group(1)))
-        elif h in ("hook_embed", "hook_pos_embed", "hook_tokens"):
-            continue
-        else:
-            return None  # ln_final, unembed: needs the full model
-    return last + 1  # n_layers is fine too: every block runs, the unembedding does not
-
-
-def validate_hooks(model, hooks: list[str]) -> None:
-    for h in hooks:
-        if h not in model.hook_dict:
-            raise unknown("hook", h, list(model.hook_dict))
-
-
-def probe_hook_widths(model, hooks: list[str], n_ctx: int) -> dict[str, int]:
-    """d_in of each hook (trailing dims flattened), from a one-context dry run."""
-    widths: dict[str, int] = {}
-
-    def grab(act, hook):
-        if act.dim() < 3 or act.shape[1] != n_ctx:
-            raise DataError(f"hook {hook.name!r} gives shape {tuple(act.shape)}, which is not "
-                            f"(batch, position, ...); harvest position-indexed hooks such as "
-                            f"resid_pre/post, mlp_out, attn_out, mlp.hook_post or attn.hook_z")
-        widths[hook.name] = int(math.prod(act.shape[2:]))
-
-    tokens = torch.zeros(1, n_ctx, dtype=torch.long, device=model.cfg.device)
-    with torch.inference_mode():
-        model.run_with_hooks(tokens, fwd_hooks=[(h, grab) for h in hooks],
-                             stop_at_layer=stop_layer(hooks, model.cfg.n_layers))
-    return widths
 
 
 def store_path(out: str | Path) -> Path:
@@ -168,7 +129,7 @@ class _Plan:
 
         model = model if model is not None else load(cfg.model, device=device)
         validate_hooks(model, cfg.hooks)
-        n_ctx = cfg.n_ctx or min(model.cfg.n_ctx, 128)
+        n_ctx = default_n_ctx(model, cfg.n_ctx)
         if not 2 <= n_ctx <= model.cfg.n_ctx:
             raise DataError(f"--n-ctx {n_ctx} does not fit the model {cfg.model!r}: valid "
                             f"2..{model.cfg.n_ctx} (its context length)")
@@ -177,7 +138,7 @@ class _Plan:
         source = make_source(spec, model=model, **cfg.source_kwargs)
         check_fits(source, model, n_ctx, label=cfg.model)  # before the store exists
         positions = list(range(1 if cfg.skip_bos else 0, n_ctx))
-        widths = probe_hook_widths(model, cfg.hooks, n_ctx)
+        widths = hook_widths(model, cfg.hooks, n_ctx)
         n_contexts = math.ceil(cfg.n_tokens / len(positions))
         meta = {"model": cfg.model, "model_meta": _model_meta(model),
                 "source": source.describe(), "n_contexts_requested": n_contexts,

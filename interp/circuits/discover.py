@@ -32,14 +32,13 @@ class CircuitConfig:
 
 def saes_for(names: list[str]) -> dict:
     """{hook: SAE} from registry names or SAE folders (the hook from each SAE's metadata)."""
+    from interp.hooks import sae_hook
     from interp.sae.release import load_named
 
     out = {}
     for name in names:
         sae, _ = load_named(name)
-        hook = sae.cfg.metadata.get("hook_name")
-        if not hook:
-            raise DataError(f"the SAE {name} does not record its hook (metadata hook_name)")
+        hook = sae_hook(sae, name)
         if hook in out:
             raise DataError(f"two SAEs for {hook}: splice one SAE per hook")
         out[hook] = sae

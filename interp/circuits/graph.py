@@ -9,13 +9,13 @@ effect (the edge's attribution).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import networkx as nx
 
 from interp.circuits.attribution import ALL_POSITIONS, OUTPUT, Edge, Node
 from interp.errors import CorruptArtifactError
+from interp.hooks import layer_of
 
 FORMAT = "interp-circuit/1"
 
@@ -26,8 +26,8 @@ def node_key(node: Node, d_sae: int) -> str:
 
 
 def _layer(hook: str) -> int:
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else -1
+    layer = layer_of(hook)
+    return -1 if layer is None else layer
 
 
 def build_graph(node_scores: dict[Node, float], edges: list[Edge], d_sae: dict[str, int],

@@ -52,9 +52,9 @@ class Readout:
     @classmethod
     def from_sae(cls, sae, latent: int) -> "Readout":
         """Latent ``latent`` of ``sae`` (at the hook in its metadata)."""
-        hook = sae.cfg.metadata.get("hook_name")
-        if not hook:
-            raise DataError("the SAE does not record its hook (metadata hook_name)")
+        from interp.hooks import sae_hook
+
+        hook = sae_hook(sae)
         if not 0 <= latent < sae.cfg.d_sae:
             raise DataError(f"latent {latent} is out of range: this SAE has latents "
                             f"0..{sae.cfg.d_sae - 1}")

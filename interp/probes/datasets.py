@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from interp.errors import DataError, unknown
+from interp.hooks import sae_hook
 
 PROBE_OTHELLO_SEED = 424_242
 OTHELLO_KINDS = ("empty", "mine", "theirs", "legal", "flipped")
@@ -318,7 +319,7 @@ def probe_features(model, ds: ProbeDataset, source: str, saes: dict | None = Non
         if not saes or name not in saes:
             raise unknown("SAE", name, list(saes or {}))
         sae = saes[name].eval()
-        hook = sae.cfg.metadata.get("hook_name")
+        hook = sae_hook(sae, name)
     else:
         hook = name
     if hook not in model.hook_dict:

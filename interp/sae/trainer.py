@@ -212,7 +212,8 @@ class EndToEndObjective:
     none), and for e2e+ds the downstream residual streams' reconstruction errors."""
 
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
-        from interp.activations.harvest import default_source, validate_hooks
+        from interp.data.sources import default_source
+        from interp.hooks import default_n_ctx, layer_of, validate_hooks
         from interp.data.sources import check_fits, make_source
         from interp.models import load
 
@@ -223,7 +224,7 @@ class EndToEndObjective:
         self.device = ddp.device
         validate_hooks(self.model, [cfg.hook])
         self.hook = cfg.hook
-        self.n_ctx = cfg.n_ctx or min(self.model.cfg.n_ctx, 128)
+        self.n_ctx = default_n_ctx(self.model, cfg.n_ctx)
         self.spec = cfg.source or default_source(cfg.model)
         self.source = lambda: make_source(self.spec, model=self.model)
         check_fits(self.source(), self.model, self.n_ctx, label=cfg.model)
@@ -236,7 +237,8 @@ class EndToEndObjective:
         if self.contexts % ddp.world:
             raise DataError(f"{self.contexts} contexts per step do not split over "
                             f"{ddp.world} processes")
-        layer = int(self.hook.split(".")[1]) if self.hook.startswith("blocks.") else -1
+        layer = layer_of(self.hook)
+        layer = -1 if layer is None else layer
         self.downstream = ([f"blocks.{i}.hook_resid_post"
                             for i in range(layer + 1, self.model.cfg.n_layers)]
                            if cfg.arch == "e2e+ds" else [])

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from interp.errors import DataError
+from interp.hooks import sae_hook, stop_layer
 
 EMBEDDED = ("othello", "pycode")
 LABEL_SEED = 515_151  # games / contexts apart from the probe datasets' own sample
@@ -88,13 +89,11 @@ def latent_label_correlations(model, sae, model_name: str, n_contexts: int = 64,
                               batch_size: int = 32) -> LabelCorrelations:
     """Correlation of each latent of ``sae`` (at its hook) with each ground-truth property,
     over the labelled tokens of ``n_contexts`` held-out contexts."""
-    hook = (sae.cfg.metadata or {}).get("hook_name")
-    if not hook:
-        raise DataError("the SAE does not record its hook (metadata hook_name)")
+    hook = sae_hook(sae)
     tokens, labels, names = ground_truth(model_name, n_contexts)
     keep = ~np.isnan(labels).any(-1)                             # (C, T)
     acts = []
-    layer = int(hook.split(".")[1]) + 1 if hook.startswith("blocks.") else None
+    layer = stop_layer([hook], model.cfg.n_layers)
     for i in range(0, tokens.shape[0], batch_size):
         _, cache = model.run_with_cache(tokens[i:i + batch_size], names_filter=[hook],
                                         stop_at_layer=layer)

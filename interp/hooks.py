@@ -1,0 +1,79 @@
+"""Hook-name rules, in one place: which layer a hook is in, where a forward pass may stop,
+which hooks a model has and how wide they are, the default context length, and which hook
+an SAE reads.
+
+TransformerLens names hooks ``blocks.L.<site>`` inside block L (``hook_resid_pre``,
+``hook_resid_mid``, ``hook_resid_post``, ``hook_mlp_out``, ``attn.hook_z``, ``mlp.hook_post``,
+``ln2.hook_normalized``, ...) and ``hook_embed`` / ``hook_pos_embed`` / ``ln_final.*`` /
+``unembed.*`` outside the blocks.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from interp.errors import DataError, unknown
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+MAX_DEFAULT_N_CTX = 128  # the default context length is the model's, at most this
+
+
+def layer_of(hook: str) -> int | None:
+    """L of ``blocks.L.*``; None for a hook outside the blocks."""
+    m = _BLOCK.match(hook)
+    return int(m.group(1)) if m else None
+
+
+def stop_layer(hooks: list[str], n_layers: int) -> int | None:
+    """The ``stop_at_layer`` that still runs every hook (None: the whole model)."""
+    last = -1
+    for h in hooks:
+        layer = layer_of(h)
+        if layer is not None:
+            last = max(last, layer)
+        elif h not in BEFORE_BLOCKS:
+            return None  # ln_final, unembed: needs the full model
+    return last + 1  # n_layers is fine too: every block runs, the unembedding does not
+
+
+def validate_hooks(model, hooks: list[str]) -> None:
+    """Every hook is one of the model's (an unknown one is named with the closest)."""
+    for h in hooks:
+        if h not in model.hook_dict:
+            raise unknown("hook", h, list(model.hook_dict))
+
+
+def hook_widths(model, hooks: list[str], n_ctx: int = 2) -> dict[str, int]:
+    """d_in of each hook (trailing dims flattened), from a one-context dry run that stops
+    after the last block the hooks need."""
+    widths: dict[str, int] = {}
+
+    def grab(act, hook):
+        if act.dim() < 3 or act.shape[1] != n_ctx:
+            raise DataError(f"hook {hook.name!r} gives shape {tuple(act.shape)}, which is not "
+                            f"(batch, position, ...); use position-indexed hooks such as "
+                            f"resid_pre/post, mlp_out, attn_out, mlp.hook_post or attn.hook_z")
+        widths[hook.name] = int(math.prod(act.shape[2:]))
+
+    tokens = torch.zeros(1, n_ctx, dtype=torch.long, device=model.cfg.device)
+    with torch.inference_mode():
+        model.run_with_hooks(tokens, fwd_hooks=[(h, grab) for h in hooks],
+                             stop_at_layer=stop_layer(hooks, model.cfg.n_layers))
+    return widths
+
+
+def default_n_ctx(model, n_ctx: int | None = None) -> int:
+    """``n_ctx`` when given, else the model's context length, at most 128."""
+    return n_ctx or min(model.cfg.n_ctx, MAX_DEFAULT_N_CTX)
+
+
+def sae_hook(sae, name: object = None) -> str:
+    """The hook an SAE reads (its metadata ``hook_name``); refused when it does not say."""
+    hook = (sae.cfg.metadata or {}).get("hook_name")
+    if not hook:
+        raise DataError(f"the SAE{' ' + str(name) if name else ''} does not record its hook "
+                        f"(metadata hook_name)")
+    return hook
