@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--arch", action="append", default=None)
     args = ap.parse_args()
 
+    from interp.sae.core import architecture
     from interp.sae.trainer import TrainConfig, train_sae
 
     store = ensure_store(args.store)
@@ -51,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in archs:
             opts = {}
-            if arch == "matryoshka":
+            if architecture(arch).nested_prefixes:
                 m = args.latents
                 opts["prefixes"] = [m // 16, m // 4, m]
             cfg = TrainConfig(store=store, out=f"{tmp}/{arch}", arch=arch, d_sae=args.latents,
@@ -67,7 +68,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for arch, res, secs in rows:
         ev = res["eval"]
-        print(f"| {arch} | {args.k if arch != 'batchtopk' and arch != 'matryoshka' else '-'} | "
+        exact_k = not architecture(arch).threshold_inference  # k holds per token at inference
+        print(f"| {arch} | {args.k if exact_k else '-'} | "
               f"{ev['fvu']:.4f} | {ev['l0']:.1f} | {100 * ev['dead_fraction']:.1f} | "
               f"{100 * ev['dense_fraction']:.1f} | {secs:.0f} |")
         for kp, ek in (res.get("eval_by_k") or {}).items():

@@ -7,8 +7,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from interp.probes.datasets import make_dataset, probe_features
 from interp.probes.sparse import (K_DEFAULT, macro_average, one_vs_rest, sparse_probe,
                                   train_test_split)
@@ -59,7 +57,7 @@ def equal_l0_saes(prefix: str, l0: float | None = None, tolerance: float = 0.25
     import statistics
 
     from interp.errors import DataError
-    from interp.sae.release import load_pretrained, registry
+    from interp.sae.release import entry_architecture, load_pretrained, registry
 
     prefix = prefix.rstrip("/")
     entries = {n: e for n, e in registry().items() if n.startswith(prefix + "/")}
@@ -71,7 +69,7 @@ def equal_l0_saes(prefix: str, l0: float | None = None, tolerance: float = 0.25
     for name, e in sorted(entries.items()):
         if abs(e["l0"] - target) <= tolerance * target:
             saes[name] = load_pretrained(name)
-        elif e["arch"] == "hierarchical_topk" and e["l0"] > target:
+        elif entry_architecture(e).any_k and e["l0"] > target:  # one SAE serves any k' <= K
             sae = copy.deepcopy(load_pretrained(name))
             sae.cfg.k = max(1, round(target))
             saes[f"{name}@k{sae.cfg.k}"] = sae

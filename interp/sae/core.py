@@ -18,19 +18,27 @@ hierarchical   ReLU of the K largest z, sorted          mean over k' <= K of MSE
 _topk
 ============== ======================================== =====================================
 
+What differs per name is one ``Architecture`` record in ``ARCHS`` (its inference rule,
+AuxK, sparsity term, SAELens form, whether k means anything); the SAE asks the record and
+no other module compares ``arch`` with names. ``arch`` itself stays a string: ``cfg.json``
+stores it. End-to-end training (Braun et al.) is an objective of the trainer, not an
+architecture here: it trains a topk or relu SAE through the model.
+
 The top-k family keeps its codes sparse, ``values`` and ``indices`` of shape (B, K). On
 its default path (``sparse_kernels=True``) only the encoder's product ``x @ W_enc`` is dense:
 selection, decoding and every gradient (decoder, encoder weights, biases) cost
 O(B * K * d) through ``interp.sae.kernels``. ``sparse_kernels=False`` is the plain autograd
 reference (dense top-k backward, ``embedding_bag`` decode) that the tests hold it to.
 Both weight matrices are stored as (d_sae, d_in) rows, so a gradient touches K rows per
-token; ``W_enc`` is exposed in SAELens's (d_in, d_sae) layout as a view. Activations are expected normalized by one scalar during training
+token; ``W_enc`` is exposed in SAELens's (d_in, d_sae) layout as a view. Activations are
+expected normalized by one scalar during training
 (``fold_activation_scale`` folds it into the weights for saving).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +47,92 @@ from torch import nn
 from interp.errors import DataError, unknown
 from interp.sae import kernels
 
-ARCHITECTURES = ("relu", "jumprelu", "ksparse", "topk", "batchtopk", "matryoshka",
-                 "hierarchical_topk")
-TOPK_FAMILY = ("ksparse", "topk", "batchtopk", "matryoshka", "hierarchical_topk")
-THRESHOLD_ARCHS = ("jumprelu", "batchtopk", "matryoshka")  # inference by a threshold
+
+@dataclass(frozen=True)
+class Architecture:
+    """What one ``SAEConfig.arch`` does differently from the others. The SAE, the trainer,
+    the evaluation and the SAELens writer ask these fields; nothing compares names."""
+
+    name: str
+    saelens_name: str              # the SAELens architecture it is saved as (cfg.json)
+    uses_k: bool = False           # keeps k latents per token: the top-k family
+    rectified: bool = True         # ReLU on the kept values (ksparse keeps their signs)
+    batch_topk: bool = False       # training: the batch's top B*k; inference: z H(z - theta)
+    #                                with theta a running mean of the batch's cut-off
+    learned_threshold: bool = False  # jumprelu: z H(z - theta), theta learned per latent
+    aux_k: bool = False            # AuxK: the top k_aux dead latents fit the residual
+    # the loss's sparsity term: "l1" (weighted by the decoder norms, which are then free)
+    # or "l0"; None: k is the sparsity
+    sparsity: Literal["l1", "l0"] | None = None
+    nested_prefixes: bool = False  # matryoshka: loss summed over nested prefixes of latents
+    any_k: bool = False            # hierarchical: codes sorted, loss over every k' <= K, so
+    #                                one SAE serves any k' <= K (evaluated on ``k_grid``)
+    tieable: bool = False          # may keep W_dec = W_enc^T throughout training
+    end_to_end: bool = False       # may be trained through the model (the e2e objectives)
+    saelens_reads: tuple[str, ...] = ()  # SAELens architectures loaded as this one
+
+    @property
+    def threshold_inference(self) -> bool:
+        """Inference by a threshold on z (saved as SAELens's jumprelu ``threshold``)."""
+        return self.batch_topk or self.learned_threshold
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.sparsity != "l1"  # L1 weights by the decoder norms instead
+
+    @property
+    def saelens_takes_k(self) -> bool:
+        return self.saelens_name == "topk"  # SAELens's TopK SAE reads k from cfg.json
+
+
+ARCHS: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("relu", "standard", sparsity="l1", end_to_end=True,
+                 saelens_reads=("standard",)),
+    Architecture("jumprelu", "jumprelu", learned_threshold=True, sparsity="l0",
+                 saelens_reads=("jumprelu",)),
+    Architecture("ksparse", "ksparse", uses_k=True, rectified=False, tieable=True),
+    Architecture("topk", "topk", uses_k=True, aux_k=True, end_to_end=True,
+                 saelens_reads=("topk",)),
+    Architecture("batchtopk", "jumprelu", uses_k=True, batch_topk=True, aux_k=True,
+                 saelens_reads=("batchtopk",)),
+    Architecture("matryoshka", "jumprelu", uses_k=True, batch_topk=True, aux_k=True,
+                 nested_prefixes=True),
+    Architecture("hierarchical_topk", "topk", uses_k=True, any_k=True),
+)}
+ARCHITECTURES = tuple(ARCHS)
+DEFAULT_ARCH = "topk"
+# SAELens architecture name -> ours, for folders SAELens wrote
+FROM_SAELENS = {s: a.name for a in ARCHS.values() for s in a.saelens_reads}
+
+
+def architecture(name: str) -> Architecture:
+    """The architecture called ``name``; an unknown name is refused with the valid ones."""
+    if name not in ARCHS:
+        raise unknown("SAE architecture", name, ARCHITECTURES)
+    return ARCHS[name]
+
+
+def k_grid(k: int) -> list[int]:
+    """k' values to evaluate an any-k (HierarchicalTopK) SAE at: powers of two up to K, and K."""
+    grid = [2**i for i in range(int(math.log2(k)) + 1)]
+    return sorted(set(grid + [k]))
+
+
+class LatentCodes(NamedTuple):
+    """A batch's codes without decoding: sparse ``values`` and ``indices`` (B, K) (0 marks
+    padding) when the SAE keeps k latents per row, else dense ``acts`` (B, d_sae); the
+    other fields are None."""
+
+    values: torch.Tensor | None
+    indices: torch.Tensor | None
+    acts: torch.Tensor | None
 
 
 @dataclass
 class SAEConfig:
     d_in: int
     d_sae: int
-    arch: str = "topk"
+    arch: str = DEFAULT_ARCH        # a name of ARCHS (a string: cfg.json stores it)
     k: int = 32                     # top-k family: active latents per token (K for hierarchical)
     # ksparse
     tied: bool = False              # W_dec = W_enc^T throughout training
@@ -80,26 +163,30 @@ class SAEConfig:
             self.prefixes = tuple(int(p) for p in self.prefixes)
 
     @property
+    def architecture(self) -> Architecture:
+        return architecture(self.arch)
+
+    @property
     def unit_norm_decoder(self) -> bool:
-        return self.arch != "relu"  # relu weights its L1 penalty by the decoder norms instead
+        return self.architecture.unit_norm_decoder
 
     def validate(self) -> "SAEConfig":
-        if self.arch not in ARCHITECTURES:
-            raise unknown("SAE architecture", self.arch, ARCHITECTURES)
+        a = self.architecture  # refuses an unknown name
         if self.d_in <= 0 or self.d_sae <= 0:
             raise DataError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
-        if self.arch in TOPK_FAMILY:
+        if a.uses_k:
             if not 1 <= self.k <= self.d_sae:
                 raise DataError(f"k={self.k} must lie in [1, d_sae={self.d_sae}] for {self.arch}")
             if self.k_start is not None and not self.k <= self.k_start <= self.d_sae:
                 raise DataError(f"k_start={self.k_start} must lie in [k={self.k}, "
                                 f"d_sae={self.d_sae}]")
-        if self.tied and self.arch != "ksparse":
-            raise DataError("tied weights are an option of the ksparse architecture only")
-        if self.arch == "matryoshka" and not self.n_sampled_prefixes:
+        if self.tied and not a.tieable:
+            tieable = " / ".join(n for n, t in ARCHS.items() if t.tieable)
+            raise DataError(f"tied weights are an option of the {tieable} architecture only")
+        if a.nested_prefixes and not self.n_sampled_prefixes:
             p = self.prefixes or (self.d_sae,)
             if list(p) != sorted(set(p)) or p[0] < 1 or p[-1] != self.d_sae:
-                raise DataError(f"matryoshka prefixes must be strictly increasing and end at "
+                raise DataError(f"{self.arch} prefixes must be strictly increasing and end at "
                                 f"d_sae={self.d_sae}, got {list(p)}")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise unknown("b_dec_init", self.b_dec_init, ["geometric_median", "mean", "zeros"])
@@ -313,6 +400,7 @@ class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig, sparse_kernels: bool = True):
         super().__init__()
         self.cfg = cfg.validate()
+        arch = cfg.architecture
         # False: the dense autograd reference path for the top-k family (tests, debugging)
         self.sparse_kernels = sparse_kernels
         # the sparse path's encoder product in bfloat16 (fp32 accumulate): about 2x faster
@@ -322,7 +410,7 @@ class SparseAutoencoder(nn.Module):
         g = torch.Generator().manual_seed(cfg.seed)
         w_dec = torch.randn(m, d, generator=g)
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
-        if cfg.arch == "relu":
+        if not arch.unit_norm_decoder:
             w_dec = w_dec * 0.1  # small decoder norms, as the L1-weighted recipe starts
         # the encoder as rows (d_sae, d_in): W_enc is its transpose (a view)
         self._W_enc = nn.Parameter(w_dec.clone() if cfg.tied_init or cfg.tied else
@@ -330,12 +418,17 @@ class SparseAutoencoder(nn.Module):
         self._W_dec = None if cfg.tied else nn.Parameter(w_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        if cfg.arch == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((m,), math.log(cfg.jumprelu_init_threshold)))
-        if cfg.arch in ("batchtopk", "matryoshka"):
+        if arch.learned_threshold:
+            self.log_threshold = nn.Parameter(
+                torch.full((m,), math.log(cfg.jumprelu_init_threshold)))
+        if arch.batch_topk:
             self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
             self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))
         self.register_buffer("activation_scale", torch.tensor(1.0))
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.cfg.architecture
 
     # -------------------------------------------------------------- parameters
     @property
@@ -396,35 +489,59 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, step: int | None = None) -> SAEOutput:
         """Inference and training forward. ``step`` (training only) drives k annealing;
         batch-level selection (batchtopk, matryoshka) happens in training mode only."""
-        if x.shape[-1] != self.cfg.d_in:
-            raise DataError(f"input has d={x.shape[-1]}, this SAE takes d_in={self.cfg.d_in}")
-        arch = self.cfg.arch
-        by_threshold = arch in ("batchtopk", "matryoshka") and not self.training
-        if arch in TOPK_FAMILY and self.sparse_kernels and not by_threshold:
+        self._check_width(x)
+        if self._keeps_k() and self.sparse_kernels:
             scores, bias = self._scores(x)
             values, indices = self._select(scores, bias, step)
-            values = self._encode_selected(x, values, indices)
-            if arch != "ksparse":
-                values = values.relu()
+            values = self._rectify(self._encode_selected(x, values, indices))
             return SAEOutput(self.decode_sparse(values, indices), None, values, indices,
                              scores=(scores, bias))
         z = self.encode_pre(x)
-        if arch == "relu":
-            acts = z.relu()
-            return SAEOutput(self.decode_dense(acts), z, acts=acts)
-        if arch == "jumprelu":
-            acts = _JumpReLU.apply(z, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
-            return SAEOutput(self.decode_dense(acts), z, acts=acts)
-        if by_threshold:
-            if float(self.threshold) < 0:
-                raise DataError(f"this {arch} SAE has no inference threshold yet: train it "
-                                f"(the threshold is estimated during training)")
-            acts = z * (z > self.threshold)
-            return SAEOutput(self.decode_dense(acts), z, acts=acts)
-        values, indices = self._select(z, None, step)
-        if arch != "ksparse":
-            values = values.relu()
-        return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+        if self._keeps_k():
+            values, indices = self._select(z, None, step)
+            values = self._rectify(values)
+            return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+        acts = self._dense_acts(z)
+        return SAEOutput(self.decode_dense(acts), z, acts=acts)
+
+    def inference_codes(self, x: torch.Tensor) -> LatentCodes:
+        """The codes of ``x`` (B, d_in) as ``forward`` computes them in the current mode (in
+        eval mode: the inference rule), without decoding: (values, indices) when k latents
+        are kept per row, else dense acts (relu, jumprelu, and threshold inference)."""
+        self._check_width(x)
+        if self._keeps_k():
+            out = self(x)
+            return LatentCodes(out.values, out.indices, None)
+        return LatentCodes(None, None, self._dense_acts(self.encode_pre(x)))
+
+    def _check_width(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise DataError(f"input has d={x.shape[-1]}, this SAE takes d_in={self.cfg.d_in}")
+
+    def _keeps_k(self) -> bool:
+        """Whether this mode selects k latents per row (sparse codes): the top-k family,
+        except the batch-top-k archs at inference, which apply their threshold."""
+        arch = self.architecture
+        return arch.uses_k and not (arch.batch_topk and not self.training)
+
+    def _rectify(self, values: torch.Tensor) -> torch.Tensor:
+        return values.relu() if self.architecture.rectified else values
+
+    def _dense_acts(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, d_sae) activations of the dense rules: z H(z - theta) with the learned
+        (jumprelu) or the running (batch top-k at inference) threshold, else ReLU(z)."""
+        arch = self.architecture
+        if arch.learned_threshold:
+            return _JumpReLU.apply(z, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+        if arch.batch_topk:
+            self._require_threshold()
+            return z * (z > self.threshold)
+        return z.relu()
+
+    def _require_threshold(self) -> None:
+        if float(self.threshold) < 0:
+            raise DataError(f"this {self.cfg.arch} SAE has no inference threshold yet: train "
+                            f"it (the threshold is estimated during training)")
 
     @torch.no_grad()
     def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,8 +562,8 @@ class SparseAutoencoder(nn.Module):
     def _select(self, z: torch.Tensor, bias: torch.Tensor | None, step: int | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """The active (values, indices) of z (+ bias) by the architecture's rule."""
-        arch = self.cfg.arch
-        if arch in ("batchtopk", "matryoshka"):
+        arch = self.architecture
+        if arch.batch_topk:
             values, indices = batch_topk(z, self.cfg.k, bias)
             self._update_threshold(values)
             return values, indices
@@ -455,7 +572,7 @@ class SparseAutoencoder(nn.Module):
             values, indices = z.topk(k, dim=1, sorted=False)
         else:
             values, indices = kernels.topk_rows(z, bias, k)
-        if arch == "hierarchical_topk":  # prefixes of the code are its top-k' latents
+        if arch.any_k:  # prefixes of the code are its top-k' latents
             values, order = values.sort(dim=1, descending=True)
             indices = indices.gather(1, order)
         return values, indices
@@ -476,7 +593,7 @@ class SparseAutoencoder(nn.Module):
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec, gathering only K rows."""
         if self.sparse_kernels:
-            out = _SparseDecode.apply(values, indices, self.W_dec, self.cfg.arch != "ksparse")
+            out = _SparseDecode.apply(values, indices, self.W_dec, self.architecture.rectified)
         else:
             out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
         return out + self.b_dec
@@ -502,22 +619,30 @@ class SparseAutoencoder(nn.Module):
         Returns (total loss, forward output, dict of float loss terms).
         """
         out = self.forward(x, step)
-        mse = sum_sq_error(out.x_hat, x)
-        terms = {"mse": mse}
-        arch = self.cfg.arch
-        if arch == "relu":
-            terms["l1"] = self.cfg.l1_coeff * (out.acts * self.W_dec.norm(dim=1)).sum(1).mean()
-        elif arch == "jumprelu":
-            l0 = _Step.apply(out.pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
-            terms["l0"] = self.cfg.l0_coeff * l0.sum(1).mean()
-        elif arch == "matryoshka":
-            terms["mse"] = self.matryoshka_mse(x, out, generator)
-        elif arch == "hierarchical_topk":
-            terms["mse"] = self.hierarchical_mse(x, out)
-        if arch in ("topk", "batchtopk", "matryoshka") and dead is not None and dead.any():
+        arch = self.architecture
+        if arch.nested_prefixes:
+            mse = self.matryoshka_mse(x, out, generator)
+        elif arch.any_k:
+            mse = self.hierarchical_mse(x, out)
+        else:
+            mse = sum_sq_error(out.x_hat, x)
+        terms = {"mse": mse, **self.sparsity_terms(out)}
+        if arch.aux_k and dead is not None and dead.any():
             terms["aux"] = self.cfg.aux_alpha * self.aux_loss(x, out, dead)
         total = sum(terms.values())
         return total, out, {k: float(v.detach()) for k, v in terms.items()}
+
+    def sparsity_terms(self, out: SAEOutput) -> dict[str, torch.Tensor]:
+        """The architecture's sparsity penalty on a forward output, by name: relu's L1
+        ``l1_coeff * sum_i a_i ||W_dec[i]||``, jumprelu's ``l0_coeff * ||a||_0`` (straight-
+        through); none for the top-k family, whose k is its sparsity."""
+        sparsity = self.architecture.sparsity
+        if sparsity == "l1":
+            return {"l1": self.cfg.l1_coeff * (out.acts * self.W_dec.norm(dim=1)).sum(1).mean()}
+        if sparsity == "l0":
+            l0 = _Step.apply(out.pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+            return {"l0": self.cfg.l0_coeff * l0.sum(1).mean()}
+        return {}
 
     def aux_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor) -> torch.Tensor:
         """AuxK: the top k_aux dead latents reconstruct the main residual (Gao et al.)."""
@@ -564,9 +689,13 @@ class SparseAutoencoder(nn.Module):
         x_hats = contrib.cumsum(1) + self.b_dec                          # (B, K, d)
         return (x_hats - x.unsqueeze(1)).square().sum(-1).mean()
 
+    def eval_k_grid(self) -> list[int]:
+        """The smaller k' this SAE is also evaluated at: ``k_grid(K)`` for an any-k SAE."""
+        return k_grid(self.cfg.k) if self.architecture.any_k else []
+
     def forward_at_k(self, x: torch.Tensor, k: int) -> SAEOutput:
         """HierarchicalTopK (or any top-k SAE) at a smaller k' <= K."""
-        if self.cfg.arch not in TOPK_FAMILY or not 1 <= k <= self.cfg.k:
+        if not self.architecture.uses_k or not 1 <= k <= self.cfg.k:
             raise DataError(f"k'={k} must lie in [1, {self.cfg.k}] for a top-k SAE")
         if self.sparse_kernels:
             scores, bias = self._scores(x)
@@ -576,11 +705,31 @@ class SparseAutoencoder(nn.Module):
         else:
             z, scores = self.encode_pre(x), None
             values, indices = z.topk(k, dim=1, sorted=False)
-        if self.cfg.arch != "ksparse":
-            values = values.relu()
+        values = self._rectify(values)
         return SAEOutput(self.decode_sparse(values, indices), z, values, indices, scores=scores)
 
     # -------------------------------------------------------------- saving
+    def inference_threshold(self) -> torch.Tensor | None:
+        """(d_sae,) the threshold on z that inference applies (jumprelu's learned one, the
+        batch top-k archs' running one on every latent), or None: SAELens's jumprelu form."""
+        if self.architecture.learned_threshold:
+            return self.log_threshold.detach().exp()
+        if self.architecture.batch_topk:
+            self._require_threshold()
+            return self.threshold.detach().expand(self.cfg.d_sae)
+        return None
+
+    @torch.no_grad()
+    def load_inference_threshold_(self, theta: torch.Tensor) -> None:
+        """Set what ``inference_threshold`` returns from a saved (d_sae,) threshold."""
+        if self.architecture.learned_threshold:
+            self.log_threshold.copy_(theta.clamp_min(1e-12).log())
+        elif self.architecture.batch_topk:
+            if not torch.allclose(theta, theta[0].expand_as(theta)):
+                raise DataError(f"a {self.cfg.arch} SAE has one threshold for all latents; "
+                                f"these differ (load it as jumprelu instead)")
+            self.threshold.copy_(theta[0])
+
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> None:
         """Make the SAE take raw activations x when it was trained on scale * x."""

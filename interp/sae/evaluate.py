@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
+from interp.data.sources import OthelloSource, check_fits, make_source
+from interp.data.sources import batches as token_batches
+from interp.errors import DataError, InterpError, unknown
 from interp.sae.core import SparseAutoencoder
 
 DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
@@ -41,8 +45,6 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
     finally:
         sae.train(was)
     if n == 0:
-        from interp.errors import DataError
-
         raise DataError("no rows to evaluate on (the store or the --tokens budget is empty)")
     total_var = sum_x2 - float(sum_x.square().sum()) / n
     density = (fired / n).cpu()
@@ -90,8 +92,6 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
     (the BOS prediction of token 1 included) counts like any other.
     """
     if ablation not in ("zero", "mean"):
-        from interp.errors import unknown
-
         raise unknown("ablation", ablation, ["zero", "mean"])
     was = sae.training
     sae.eval()
@@ -116,12 +116,11 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
     finally:
         sae.train(was)
     if n == 0:
-        from interp.errors import DataError
-
         raise DataError("no token batches to evaluate on (the token source gave no context)")
     res = {k: v / n for k, v in sums.items()}
     gap = res["ce_ablated"] - res["ce_clean"]
-    res["ce_loss_recovered"] = (res["ce_ablated"] - res["ce_spliced"]) / gap if gap else float("nan")
+    res["ce_loss_recovered"] = ((res["ce_ablated"] - res["ce_spliced"]) / gap if gap
+                                else float("nan"))
     res["ablation"] = ablation
     res["n_tokens"] = n
     return res
@@ -131,9 +130,6 @@ def eval_token_source(model_name: str, spec: str | None = None, model=None):
     """Token source for spliced evaluation: ``spec`` if given, else held-out data of an
     embedded model (othello games from a seed no harvest or training uses; pycode's test
     split)."""
-    from interp.data.sources import OthelloSource, make_source
-    from interp.errors import DataError
-
     if spec:
         return make_source(spec, model=model)
     if model_name == "othello":
@@ -155,23 +151,21 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
     records the store, hook and model it was computed on.
 
     - with ``store``: MSE, FVU, L0, dead/dense fractions and the latent density on the
-      store's last ``tokens`` rows (HierarchicalTopK: also at every k' of a grid);
+      store's last ``tokens`` rows (an any-k SAE such as HierarchicalTopK: also at every
+      k' of its grid);
     - with ``model`` (default: the SAE's own model, when it loads): CE-loss recovered
       (zero and mean ablation) and KL of the model with the SAE spliced in, on
       ``contexts`` held-out contexts.
     """
-    from pathlib import Path
-
     from interp.activations.harvest import open_store
-    from interp.data.sources import batches as token_batches
-    from interp.errors import DataError
     from interp.provenance import check_dictionary
-    from interp.sae.release import load_named
+    from interp.runs import resolve_sae
     from interp.viz.sae import density_histogram, fvu_by_k, training_curves
 
     if tokens <= 0 or contexts <= 0:
         raise DataError(f"--tokens and --contexts must be positive, got {tokens}, {contexts}")
-    sae, folder = load_named(sae_dir)
+    named = resolve_sae(sae_dir)
+    sae, folder = named.sae, named.folder
     hook = sae.cfg.metadata.get("hook_name")
     res: dict = {"sae": str(sae_dir), "arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
                  "d_sae": sae.cfg.d_sae, "hook": hook}
@@ -183,53 +177,64 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
     model_name = model or sae.cfg.metadata.get("model_name")
     if st is not None and not model and st.manifest.get("model"):
         model_name = st.manifest["model"]  # checked above: the SAE's own model
-    m = None
-    if model_name and hook:
-        from interp.errors import InterpError
-        from interp.models import load
-
-        try:
-            m = load(model_name)
-        except InterpError as e:
-            if model:  # asked for explicitly: say why not
-                raise
-            res["spliced_skipped"] = f"the SAE's model could not be loaded: {e}"
+    m = _load_model(model_name, explicit=bool(model), res=res) if model_name and hook else None
     if m is not None:
         check_dictionary(sae, name=sae_dir, model=m, model_name=model_name, hook=hook)
         res["model"] = str(model_name)
     if st is not None:
         rows = (max(0, st.n_rows - tokens), st.n_rows)
-        rec = reconstruction_metrics(sae, st.batches(4096, hook, shuffle=False,
-                                                     row_range=rows), k=k)
+        held_out = lambda: st.batches(4096, hook, shuffle=False, row_range=rows)  # noqa: E731
+        rec = reconstruction_metrics(sae, held_out(), k=k)
         figures["density"] = density_histogram(rec.pop("density"))
         res["reconstruction"] = rec
-        if sae.cfg.arch == "hierarchical_topk" and k is None:
-            from interp.sae.trainer import k_grid
-
-            res["reconstruction_by_k"] = {}
-            for kp in k_grid(sae.cfg.k):
-                r = reconstruction_metrics(sae, st.batches(4096, hook, shuffle=False,
-                                                           row_range=rows), k=kp)
-                r.pop("density")
-                res["reconstruction_by_k"][str(kp)] = r
+        if sae.eval_k_grid() and k is None:
+            res["reconstruction_by_k"] = {
+                str(kp): without_density(reconstruction_metrics(sae, held_out(), k=kp))
+                for kp in sae.eval_k_grid()}
             figures["fvu_by_k"] = fvu_by_k(res["reconstruction_by_k"])
     if m is not None:
-        from interp.data.sources import check_fits
-
-        src = eval_token_source(model_name, source, m)
-        n_ctx = min(m.cfg.n_ctx, int(sae.cfg.metadata.get("context_size") or 128))
-        check_fits(src, m, n_ctx, label=str(model_name))
-        toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
-        res["spliced"] = {a: spliced_metrics(m, sae, hook, toks, ablation=a)
-                          for a in ("zero", "mean")}
-        res["ce_loss_recovered"] = res["spliced"]["zero"]["ce_loss_recovered"]
-        res["kl"] = res["spliced"]["zero"]["kl"]
+        res.update(_spliced_results(m, str(model_name), sae, hook, source, contexts))
     if write:
-        dest = Path(out) if out is not None else folder
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
         if (folder / "train_log.jsonl").exists():
             figures["training_curves"] = training_curves(folder / "train_log.jsonl")
-        for name, fig in figures.items():
-            fig.write_html(str(dest / f"{name}.html"), include_plotlyjs="cdn")
+        _write_results(res, figures, Path(out) if out is not None else folder)
     return res
+
+
+def without_density(metrics: dict) -> dict:
+    """The metrics without the per-latent density list (for logs and per-k' tables)."""
+    return {key: v for key, v in metrics.items() if key != "density"}
+
+
+def _load_model(name: str, explicit: bool, res: dict):
+    """The model to splice into, or None (noted in ``res``) when the SAE's own model does
+    not load; a model asked for explicitly raises instead."""
+    from interp.models import load
+
+    try:
+        return load(name)
+    except InterpError as e:
+        if explicit:  # asked for explicitly: say why not
+            raise
+        res["spliced_skipped"] = f"the SAE's model could not be loaded: {e}"
+        return None
+
+
+def _spliced_results(m, model_name: str, sae: SparseAutoencoder, hook: str,
+                     source: str | None, contexts: int) -> dict:
+    """CE-loss recovered and KL on ``contexts`` held-out contexts, zero and mean ablation."""
+    src = eval_token_source(model_name, source, m)
+    n_ctx = min(m.cfg.n_ctx, int(sae.cfg.metadata.get("context_size") or 128))
+    check_fits(src, m, n_ctx, label=model_name)
+    toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
+    spliced = {a: spliced_metrics(m, sae, hook, toks, ablation=a) for a in ("zero", "mean")}
+    return {"spliced": spliced, "ce_loss_recovered": spliced["zero"]["ce_loss_recovered"],
+            "kl": spliced["zero"]["kl"]}
+
+
+def _write_results(res: dict, figures: dict, dest: Path) -> None:
+    """``eval.json`` and the figures (HTML) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+    for name, fig in figures.items():
+        fig.write_html(str(dest / f"{name}.html"), include_plotlyjs="cdn")

@@ -2,7 +2,8 @@
 
 ``sae_lens.SAE.load_from_disk(folder)`` opens what :func:`save_sae` writes and computes the
 same encodings and reconstructions (the activation scale is folded into the weights first).
-How each architecture is written, as SAELens's inference architecture:
+How each architecture is written, as SAELens's inference architecture (its
+``Architecture.saelens_name`` in ``interp.sae.core``):
 
 - relu -> ``standard``; topk and hierarchical_topk (at its full K) -> ``topk``;
 - jumprelu -> ``jumprelu``; batchtopk and matryoshka -> ``jumprelu`` with their learned
@@ -23,15 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from interp.errors import CorruptArtifactError, DataError
-from interp.sae.core import SAEConfig, SparseAutoencoder
+from interp.sae.core import ARCHS, FROM_SAELENS, SAEConfig, SparseAutoencoder
 from interp.version import code_version
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
-SAELENS_ARCH = {"relu": "standard", "topk": "topk", "hierarchical_topk": "topk",
-                "jumprelu": "jumprelu", "batchtopk": "jumprelu", "matryoshka": "jumprelu",
-                "ksparse": "ksparse"}
-FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu",
-                "batchtopk": "batchtopk"}
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None) -> Path:
@@ -44,14 +40,9 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None =
         W_enc, b_enc = sae.W_enc.detach() * scale, sae.b_enc.detach()
         W_dec, b_dec = sae.W_dec.detach() / scale, sae.b_dec.detach() / scale
     weights = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
-    arch = SAELENS_ARCH[cfg.arch]
-    if cfg.arch == "jumprelu":
-        weights["threshold"] = sae.log_threshold.detach().exp()
-    elif cfg.arch in ("batchtopk", "matryoshka"):
-        if float(sae.threshold) < 0:
-            raise DataError(f"this {cfg.arch} SAE has no inference threshold yet: train it "
-                            f"before saving")
-        weights["threshold"] = sae.threshold.detach().expand(cfg.d_sae)
+    threshold = sae.inference_threshold()  # refuses a batch top-k SAE never trained
+    if threshold is not None:
+        weights["threshold"] = threshold
     weights = {k: v.float().contiguous().clone() for k, v in weights.items()}
     meta = {**cfg.metadata, **(metadata or {})}
     meta.setdefault("interp_version", code_version())
@@ -60,11 +51,12 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None =
     ours = cfg.to_dict()
     ours["metadata"] = meta
     cfg_json = {
-        "architecture": arch, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32",
+        "architecture": cfg.architecture.saelens_name, "d_in": cfg.d_in, "d_sae": cfg.d_sae,
+        "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
         "reshape_activations": "none", "metadata": meta, "interp": ours,
     }
-    if arch == "topk":
+    if cfg.architecture.saelens_takes_k:
         cfg_json.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
     save_file(weights, str(folder / WEIGHTS_FILE))
     (folder / CFG_FILE).write_text(json.dumps(cfg_json, indent=2) + "\n")
@@ -111,13 +103,14 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
             raise DataError(f"{cfg_path}: normalize_activations="
                             f"{raw['normalize_activations']!r} is not supported; fold the "
                             f"normalization into the weights first")
-        cfg = SAEConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], arch=FROM_SAELENS[arch],
-                        k=raw.get("k", 32) if arch in ("topk", "batchtopk") else 32,
+        ours = ARCHS[FROM_SAELENS[arch]]
+        cfg = SAEConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], arch=ours.name,
+                        k=raw.get("k", 32) if ours.uses_k else 32,
                         b_dec_init="zeros", metadata=raw.get("metadata") or {})
     sae = SparseAutoencoder(cfg)
     expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in),
                 "b_enc": (cfg.d_sae,), "b_dec": (cfg.d_in,)}
-    if cfg.arch in ("jumprelu", "batchtopk", "matryoshka"):
+    if cfg.architecture.threshold_inference:
         expected["threshold"] = (cfg.d_sae,)
     for name, shape in expected.items():
         if name not in weights:
@@ -132,12 +125,9 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
         if cfg.tied:  # a saved tied ksparse SAE comes back untied (its scale is folded)
             sae.untie()
         sae._W_dec.copy_(weights["W_dec"])
-        if cfg.arch == "jumprelu":
-            sae.log_threshold.copy_(weights["threshold"].clamp_min(1e-12).log())
-        elif cfg.arch in ("batchtopk", "matryoshka"):
-            t = weights["threshold"]
-            if not torch.allclose(t, t[0].expand_as(t)):
-                raise DataError(f"{w_path}: a {cfg.arch} SAE has one threshold for all "
-                                f"latents; these differ (load it as jumprelu instead)")
-            sae.threshold.copy_(t[0])
+    if "threshold" in expected:
+        try:
+            sae.load_inference_threshold_(weights["threshold"])
+        except DataError as e:
+            raise DataError(f"{w_path}: {e}") from None
     return sae.to(device).eval()

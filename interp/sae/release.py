@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,14 @@ from interp.models.zoo import REPO_ROOT
 SAES_DIR = REPO_ROOT / "saes"
 REGISTRY = SAES_DIR / "registry.json"
 
+log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
+
 
 @dataclass(frozen=True)
 class ReleaseSpec:
     model: str
     hook: str
-    arch: str
+    arch: str                        # as `interp train --arch`: an architecture, or e2e / e2e+ds
     d_sae: int = 2048
     k: int = 16
     steps: int = 600
@@ -73,6 +76,15 @@ def list_saes() -> list[str]:
     return sorted(registry())
 
 
+def entry_architecture(entry: dict):
+    """The SAE architecture (``interp.sae.core.Architecture``) of a registry entry, whose
+    ``arch`` names the training as ``interp train --arch`` does (e2e: a topk SAE)."""
+    from interp.sae.core import architecture
+    from interp.sae.trainer import objective_and_arch
+
+    return architecture(objective_and_arch(entry["arch"])[1])
+
+
 def load_pretrained(name: str, device: str = "cpu"):
     """A shipped SAE by registry name, e.g. ``othello/blocks.3.hook_resid_post/topk``."""
     from interp.sae.io import load_sae
@@ -83,42 +95,28 @@ def load_pretrained(name: str, device: str = "cpu"):
     return load_sae(REPO_ROOT / reg[name]["folder"], device)
 
 
-def load_named(name: str | Path, device: str = "cpu"):
-    """(SAE, its folder) for a shipped SAE's registry name or an SAE folder; anything else
-    is refused with the closest shipped names."""
-    from interp.sae.io import load_sae
-
-    reg = registry()
-    if str(name) in reg:
-        folder = REPO_ROOT / reg[str(name)]["folder"]
-        return load_sae(folder, device), folder
-    folder = Path(name)
-    if folder.is_dir():
-        return load_sae(folder, device), folder
-    raise unknown("SAE (not a folder, nor a shipped SAE's name; see `interp saes`)",
-                  str(name), list(reg))
-
-
 def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
     """Train, evaluate and register one shipped SAE (its store is harvested once)."""
     from interp.activations.harvest import HarvestConfig, harvest
     from interp.sae.evaluate import evaluate_sae
-    from interp.sae.trainer import TrainConfig, train_sae
+    from interp.sae.trainer import TrainConfig, objective_and_arch, train_sae
 
     if spec.folder.exists():
         if not force:
-            print(f"{spec.name}: already built ({spec.folder}); --force rebuilds it")
+            log.info(f"{spec.name}: already built ({spec.folder}); --force rebuilds it")
             return registry().get(spec.name, {})
         shutil.rmtree(spec.folder)
     store = work / f"{spec.model}-{spec.hook}"
     if (store / "activations" / "manifest.json").exists() and not _store_is_current(store,
                                                                                    spec.model):
-        print(f"{store} was harvested from another version of {spec.model}: harvesting again")
+        log.info(f"{store} was harvested from another version of {spec.model}: harvesting again")
         shutil.rmtree(store)
-    if spec.arch not in ("e2e", "e2e+ds") and not (store / "activations" / "manifest.json").exists():
+    objective, arch = objective_and_arch(spec.arch)
+    if objective == "store" and not (store / "activations" / "manifest.json").exists():
         harvest(HarvestConfig(model=spec.model, hooks=[spec.hook], out=str(store),
                               n_tokens=HARVEST_TOKENS[spec.model], batch_size=128))
-    cfg = TrainConfig(store=str(store), out=str(spec.folder), hook=spec.hook, arch=spec.arch,
+    cfg = TrainConfig(store=str(store), out=str(spec.folder), hook=spec.hook, arch=arch,
+                      objective=objective,
                       d_sae=spec.d_sae, k=spec.k, steps=spec.steps, batch_size=spec.batch_size,
                       lr=spec.lr, sae_options=dict(spec.options), model=spec.model,
                       eval_every=10**9, checkpoint_every=100)
@@ -141,15 +139,16 @@ def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
 
 def _store_is_current(store: Path, model_name: str) -> bool:
     """Whether ``store`` holds activations of the model as it is now (its metadata)."""
-    from interp.activations.harvest import _model_meta
+    from interp.activations.harvest import model_meta
     from interp.models import load
 
     manifest = json.loads((store / "activations" / "manifest.json").read_text())
-    now = json.loads(json.dumps(_model_meta(load(model_name))))
+    now = json.loads(json.dumps(model_meta(load(model_name))))
     return manifest.get("model_meta") == now
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(description="Build the SAEs shipped in saes/ (train, "
                                  "evaluate, register).")
     ap.add_argument("--only", action="append", default=None,

@@ -1,11 +1,16 @@
-"""One trainer for every SAE architecture, on an activation store.
+"""One trainer for every SAE architecture and objective.
 
+- Objectives (what the loss is computed on): ``store``, reconstruct harvested activations;
+  ``e2e`` (Braun et al.), KL between the model's output and the output with the SAE
+  spliced in, trained from tokens through the model; ``e2e+ds`` adds the downstream
+  residual streams' reconstruction. The SAE's architecture (``arch``) is orthogonal to it.
 - Adam with linear warmup and a linear decay to zero over the last ``1 - decay_start`` of
   the run; decoder directions kept on the unit sphere (gradient projection + renorm).
 - Activations are normalized by one scalar so that E||x||^2 = d_in; the scale is stored in
   the SAE and folded into the weights when it is saved (SAELens format).
 - Dead latents: a latent that has not fired for ``dead_window_tokens`` tokens is dead; the
-  AuxK loss of topk / batchtopk / matryoshka trains them back.
+  AuxK loss of the architectures that have one (topk / batchtopk / matryoshka) trains them
+  back.
 - ``eval_rows`` rows at the end of the store are held out for periodic evaluation.
 - Checkpoints hold the SAE, optimizer, scheduler, dead-latent counters, RNG state and the
   data position, so a killed run resumes where it stopped and ends with the same weights
@@ -13,25 +18,38 @@
 - Data parallel: under ``torchrun`` every process reads its share of each global batch and
   gradients are averaged with one all-reduce, so N processes compute what one process
   computes on the same global batch (batchtopk / matryoshka select the top B*k per process).
+
+``train_sae`` reads top to bottom: ``_setup`` (build, then resume or initialise),
+``_train_step``, ``_Log.after_step``, ``_save_checkpoint``, ``_finish``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from interp.activations.harvest import open_store
+from interp.data.sources import batches as token_batches
+from interp.data.sources import check_fits, default_source, make_source
+from interp.distributed import rank_device, world
 from interp.errors import CorruptArtifactError, DataError, Interrupted, MismatchError, unknown
+from interp.hooks import default_n_ctx, layer_of, validate_hooks
+from interp.models import load
+from interp.provenance import model_digest
 from interp.sae import kernels
-from interp.sae.core import TOPK_FAMILY, SAEConfig, SparseAutoencoder
-from interp.sae.evaluate import reconstruction_metrics
+from interp.sae.core import ARCHS, DEFAULT_ARCH, SAEConfig, SAEOutput, SparseAutoencoder
+from interp.sae.evaluate import (kl_per_token, reconstruction_metrics, splice_hook,
+                                 spliced_metrics, without_density)
 from interp.sae.io import save_sae
 from interp.version import code_version
 
@@ -43,14 +61,28 @@ FLAG_OF_SAE_FIELD = {"d_in": "the store (the hook's width)", "d_sae": "--latents
 # TrainConfig fields that do not change what is trained: a resume may change them
 RUN_CONTROL = ("out", "store", "stop_after", "checkpoint_every", "log_every", "eval_every",
                "wandb_project", "device", "compile")
+Objective = Literal["store", "e2e", "e2e+ds"]
+OBJECTIVES: tuple[str, ...] = ("store", "e2e", "e2e+ds")
+END_TO_END = ("e2e", "e2e+ds")  # the objectives that train from tokens through the model
+
+log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
+
+
+def objective_and_arch(name: str, e2e_arch: str = DEFAULT_ARCH) -> tuple[str, str]:
+    """(objective, arch) of a training named as ``interp train --arch`` (and a release spec
+    or registry entry) names it: e2e / e2e+ds name an end-to-end objective, whose SAE is
+    ``e2e_arch``; any other name is an architecture trained on a store."""
+    return (name, e2e_arch) if name in END_TO_END else ("store", name)
 
 
 @dataclass
 class TrainConfig:
-    store: str                       # run folder or store folder
+    store: str                       # run folder or store folder (objective "store")
     out: str                         # the SAE's folder
     hook: str | None = None          # needed when the store holds several hooks
-    arch: str = "topk"
+    arch: str = DEFAULT_ARCH         # the SAE's architecture (interp.sae.core.ARCHS)
+    objective: Objective = "store"   # what the loss is computed on: stored activations, or
+    #                                  the model's output with the SAE spliced in (e2e, e2e+ds)
     d_sae: int = 4096
     k: int = 32
     sae_options: dict = field(default_factory=dict)  # any other SAEConfig field
@@ -72,34 +104,41 @@ class TrainConfig:
     seed: int = 0
     wandb_project: str | None = None
     stop_after: int | None = None    # end this process after that many steps (for tests)
-    # end-to-end (arch "e2e" / "e2e+ds"): trained from tokens through the model
+    # end-to-end objectives: trained from tokens through the model (arch topk or relu)
     model: str | None = None
     source: str | None = None        # token source (default: the model's own corpus)
     n_ctx: int | None = None
-    e2e_act: str = "topk"            # the spliced SAE's architecture: topk or relu
     ds_coeff: float = 1.0            # e2e+ds: weight of the downstream reconstruction terms
     eval_contexts: int = 64
 
+    def __post_init__(self) -> None:
+        if self.arch in END_TO_END:  # `arch: e2e`, as configs and release specs name it
+            self.objective, self.arch = objective_and_arch(self.arch)
+
     @property
-    def end_to_end(self) -> bool:
-        return self.arch in ("e2e", "e2e+ds")
+    def trained_as(self) -> str:
+        """The run's name in release specs, metrics and the registry: the architecture, or
+        the end-to-end objective (whose SAE the metadata records)."""
+        return self.arch if self.objective == "store" else self.objective
 
     def sae_config(self, d_in: int) -> SAEConfig:
         names = {f.name for f in fields(SAEConfig)}
         bad = sorted(set(self.sae_options) - names)
         if bad:
             raise DataError(f"unknown SAE options {bad}; valid: {sorted(names)}")
-        arch = self.e2e_act if self.end_to_end else self.arch
-        if self.end_to_end and arch not in ("topk", "relu"):
-            raise DataError(f"an end-to-end SAE uses a topk or relu activation, not {arch!r}")
-        return SAEConfig(d_in=d_in, d_sae=self.d_sae, arch=arch, k=self.k,
-                         seed=self.seed, **self.sae_options).validate()
+        cfg = SAEConfig(d_in=d_in, d_sae=self.d_sae, arch=self.arch, k=self.k,
+                        seed=self.seed, **self.sae_options).validate()
+        if self.objective in END_TO_END and not cfg.architecture.end_to_end:
+            valid = " or ".join(n for n, a in ARCHS.items() if a.end_to_end)
+            raise DataError(f"an end-to-end SAE uses a {valid} activation, not {self.arch!r}")
+        return cfg
 
     def validate(self) -> "TrainConfig":
-        """The SAE settings that do not depend on the data (its width), checked before the
-        store is opened: a placeholder width of 1 stands in for d_in."""
-        if not self.end_to_end:
-            self.sae_config(d_in=1)
+        """The settings that do not depend on the data (its width), checked before the
+        store is opened or the model loaded: a placeholder width of 1 stands in for d_in."""
+        if self.objective not in OBJECTIVES:
+            raise unknown("training objective", self.objective, OBJECTIVES)
+        self.sae_config(d_in=1)
         return self
 
     def learning_rate(self) -> float:
@@ -119,8 +158,6 @@ class _Dist:
     """The process group when run under torchrun, else a single process."""
 
     def __init__(self, device: str = "cpu") -> None:
-        from interp.distributed import rank_device, world
-
         w = world(device)  # gloo for CPU tensors (even where CUDA is), nccl for GPU ones
         self.world, self.rank = w.size, w.rank
         self.device = torch.device(rank_device(device, w))
@@ -158,7 +195,7 @@ def activation_scale(sample: torch.Tensor) -> float:
 
 
 class StoreObjective:
-    """Reconstruct stored activations (every architecture but e2e)."""
+    """Reconstruct stored activations (objective "store")."""
 
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
         self.cfg, self.ddp = cfg, ddp
@@ -207,16 +244,12 @@ class StoreObjective:
 
 
 class EndToEndObjective:
-    """Braun et al.: the SAE is spliced into the model, which runs on; the loss is
-    KL(clean || spliced) per token plus the SAE's sparsity term (L1 for relu; topk needs
-    none), and for e2e+ds the downstream residual streams' reconstruction errors."""
+    """Braun et al. (objectives "e2e", "e2e+ds"): the SAE is spliced into the model, which
+    runs on; the loss is KL(clean || spliced) per token plus the SAE's sparsity term (L1
+    for relu; topk needs none), and for e2e+ds the downstream residual streams'
+    reconstruction errors."""
 
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
-        from interp.data.sources import default_source
-        from interp.hooks import default_n_ctx, layer_of, validate_hooks
-        from interp.data.sources import check_fits, make_source
-        from interp.models import load
-
         if not cfg.model or not cfg.hook:
             raise DataError("an end-to-end SAE trains from tokens: give --model and --hook")
         self.cfg, self.ddp = cfg, ddp
@@ -241,14 +274,12 @@ class EndToEndObjective:
         layer = -1 if layer is None else layer
         self.downstream = ([f"blocks.{i}.hook_resid_post"
                             for i in range(layer + 1, self.model.cfg.n_layers)]
-                           if cfg.arch == "e2e+ds" else [])
+                           if cfg.objective == "e2e+ds" else [])
         self.default_steps = 1000
-        from interp.provenance import model_digest
-
         self.metadata = {"model_name": cfg.model, "model_digest": model_digest(self.model),
                          "hook_name": self.hook,
                          "context_size": self.n_ctx, "prepend_bos": True,
-                         "dataset_path": self.spec, "training": cfg.arch}
+                         "dataset_path": self.spec, "training": cfg.objective}
 
     def identity(self) -> dict:
         return {"model": self.cfg.model, "model_digest": self.metadata["model_digest"],
@@ -257,10 +288,8 @@ class EndToEndObjective:
     def _token_batches(self, contexts: int, skip_contexts: int = 0):
         """Endless (contexts, n_ctx) batches after the first ``skip_contexts`` contexts
         (the evaluation ones), starting the source over when it runs out."""
-        from interp.data.sources import batches
-
         while True:
-            it = batches(self.source(), self.n_ctx, contexts)
+            it = token_batches(self.source(), self.n_ctx, contexts)
             skipped = 0
             for b in it:
                 if skipped < skip_contexts:
@@ -285,8 +314,6 @@ class EndToEndObjective:
             yield b[self.ddp.rank * local:(self.ddp.rank + 1) * local]
 
     def loss(self, sae, tokens, step, dead, gen, scale):
-        from interp.sae.evaluate import kl_per_token, splice_hook
-
         names = [self.hook] + self.downstream
         with torch.no_grad():
             clean, cache = self.model.run_with_cache(tokens, names_filter=names)
@@ -298,9 +325,7 @@ class EndToEndObjective:
         spliced = self.model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
         kl = kl_per_token(clean, spliced).mean()
         fwd = keep["out"]
-        terms = {"kl": kl}
-        if sae.cfg.arch == "relu":
-            terms["l1"] = sae.cfg.l1_coeff * (fwd.acts * sae.W_dec.norm(dim=1)).sum(1).mean()
+        terms = {"kl": kl, **sae.sparsity_terms(fwd)}
         for name in self.downstream:
             ref = cache[name]
             terms[f"ds_{name}"] = self.cfg.ds_coeff * (
@@ -311,8 +336,6 @@ class EndToEndObjective:
         return loss, fwd, {k: float(v.detach()) for k, v in terms.items()}, x
 
     def evaluate(self, sae, scale, k=None) -> dict:
-        from interp.sae.evaluate import spliced_metrics
-
         toks = next(self._token_batches(self.cfg.eval_contexts))
         chunks = list(toks.split(16))
         res = spliced_metrics(self.model, sae, self.hook, chunks, scale=scale)
@@ -374,138 +397,227 @@ def apply_gradients(sae: SparseAutoencoder, opt: torch.optim.Optimizer, loss: to
     sae.normalize_decoder()
 
 
+def make_objective(cfg: TrainConfig, ddp: _Dist) -> StoreObjective | EndToEndObjective:
+    """The objective ``cfg.objective`` names, with its data opened (or model loaded)."""
+    if cfg.objective not in OBJECTIVES:
+        raise unknown("training objective", cfg.objective, OBJECTIVES)
+    if cfg.objective in END_TO_END:
+        return EndToEndObjective(cfg, ddp)
+    return StoreObjective(cfg, ddp)
+
+
+@dataclass
+class _Run:
+    """A training run between steps: what ``_setup`` built or a checkpoint restored."""
+
+    cfg: TrainConfig
+    ddp: _Dist
+    objective: StoreObjective | EndToEndObjective
+    sae: SparseAutoencoder
+    opt: SAEAdam
+    sched: torch.optim.lr_scheduler.LambdaLR
+    since_fired: torch.Tensor  # (d_sae,) tokens seen since each latent last fired
+    settings: dict             # what a checkpoint must match to resume: train_config, data
+    steps: int                 # the whole run's length
+    start: int = 0             # the first step this process trains
+    scale: float = 1.0         # the activations' normalisation, E||scale x||^2 = d_in
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+@dataclass
+class _StepResult:
+    """What one training step computed, for the log."""
+
+    loss: torch.Tensor
+    fwd: SAEOutput
+    terms: dict                # the loss's terms as floats
+    x: torch.Tensor            # (B, d_in) the normalized activations it reconstructed
+    dead: torch.Tensor         # (d_sae,) bool: the latents counted dead at this step
+
+
 def train_sae(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) the SAE described by ``cfg``; returns the final metrics."""
+    run = _setup(cfg)
+    end = run.steps if cfg.stop_after is None else min(run.steps, run.start + cfg.stop_after)
+    # the data from the run's position: a resumed run reads the batches it would have read
+    batches = run.objective.batches(run.start)
+    log = _Log(run, progress)
+    saved = step = run.start
+    try:
+        for step in range(run.start, end):
+            done = _train_step(run, step, next(batches))
+            # the log and the periodic held-out evaluation: what the run is doing
+            log.after_step(run, step, end, done)
+            # a kill loses at most checkpoint_every steps; the last step always saves
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                if run.ddp.main:
+                    _save_checkpoint(run, step + 1)
+                    saved = step + 1
+                run.ddp.barrier()
+    except KeyboardInterrupt:
+        log.bar.close()
+        raise Interrupted(f"training stopped at step {step} of {run.steps}; the checkpoint in "
+                          f"{run.out} is at step {saved}") from None
+    log.bar.close()
+    if end < run.steps:  # stopped early on request: the checkpoint resumes the run
+        log.close()
+        return {"stopped_at": end, "steps": run.steps}
+    return _finish(run, log)
+
+
+def _setup(cfg: TrainConfig) -> _Run:
+    """The objective (its data), the SAE, optimizer and schedule; then the state of a
+    checkpoint in ``cfg.out``, or a fresh start initialised from a sample of the data."""
     ddp = _Dist(cfg.device)
-    device = ddp.device
     out = Path(cfg.out)
+    # a finished SAE is never overwritten; one beside a checkpoint is a run to resume
     if (out / "sae_weights.safetensors").exists() and not (out / CHECKPOINT).exists():
         raise DataError(f"{out} already holds a trained SAE; choose another --out or delete it")
     if cfg.batch_size % ddp.world:
         raise DataError(f"batch size {cfg.batch_size} is not divisible by the {ddp.world} "
                         f"processes")
-    objective = EndToEndObjective(cfg, ddp) if cfg.end_to_end else StoreObjective(cfg, ddp)
-    d_in = objective.d_in
+    objective = make_objective(cfg, ddp)
     steps = cfg.steps or objective.default_steps
-    sae_cfg = cfg.sae_config(d_in)
+    sae_cfg = cfg.sae_config(objective.d_in)
     sae_cfg.metadata = objective.metadata
+    # the global RNG is seeded here and restored from a checkpoint: a resumed run draws
+    # what an uninterrupted one draws
     torch.manual_seed(cfg.seed)
-    sae = SparseAutoencoder(sae_cfg).to(device)
+    sae = SparseAutoencoder(sae_cfg).to(ddp.device)
     sae.encoder_dtype = encoder_dtype(cfg.encoder_dtype)
     if cfg.compile:  # on CPU the sparse kernels leave little to fuse; on a GPU the fallbacks
         sae.loss = torch.compile(sae.loss)
     opt = SAEAdam(sae, lr=cfg.learning_rate(), betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.warmup_steps, cfg.decay_start))
-    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
-    ckpt_path = out / CHECKPOINT
-    start = 0
-    settings = {"train_config": resume_settings(cfg, steps), "data": objective.identity()}
-    if ckpt_path.exists():
-        start = _load_checkpoint(ckpt_path, cfg, settings, sae, opt, sched, since_fired)
-        scale = float(sae.activation_scale)
-        if ddp.main:
-            truncate_log(out / "train_log.jsonl", start)
+    run = _Run(cfg, ddp, objective, sae, opt, sched,
+               since_fired=torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=ddp.device),
+               settings={"train_config": resume_settings(cfg, steps),
+                         "data": objective.identity()},
+               steps=steps)
+    if (out / CHECKPOINT).exists():
+        _load_checkpoint(run)
     else:
-        sample = objective.init_sample().to(device)
-        scale = activation_scale(sample)
-        sae.activation_scale.fill_(scale)
-        sae.init_b_dec(sample * scale)
-        ddp.all_reduce_mean_([p.data for p in sae.parameters()])  # identical on every rank
+        _initialise(run)
+    # the resolved config beside the SAE: what made it
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(
             {**asdict(cfg), "steps": steps, "code_version": code_version(),
              "world_size": ddp.world}, indent=2) + "\n")
     ddp.barrier()
+    return run
 
-    batches = objective.batches(start)
-    log = open(out / "train_log.jsonl", "a") if ddp.main else None
-    wandb = _wandb(cfg, ddp) if cfg.wandb_project else None
-    bar = tqdm(total=steps, initial=start, desc=f"train {cfg.arch}", disable=not (
-        progress and ddp.main), unit="step")
-    t0, last = time.time(), {}
-    end = steps if cfg.stop_after is None else min(steps, start + cfg.stop_after)
-    saved = step = start
-    try:
-        for step in range(start, end):
-            dead = since_fired >= cfg.dead_window_tokens
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            loss, fwd, terms, x = objective.loss(sae, next(batches), step, dead, gen, scale)
-            apply_gradients(sae, opt, loss, ddp)
-            sched.step()
-            if hasattr(sae, "threshold"):
-                ddp.all_reduce_mean_([sae.threshold])
-            with torch.no_grad():
-                fired = ddp.any_(fwd.fired_counts() > 0)
-                since_fired += x.shape[0] * ddp.world
-                since_fired[fired] = 0
-            if ddp.main and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
-                with torch.no_grad():
-                    err = (fwd.x_hat - x).square().sum()
-                    var = (x - x.mean(0)).square().sum()
-                last = {"step": step + 1, "tokens": (step + 1) * x.shape[0] * ddp.world,
-                        "loss": float(loss.detach()), **terms,
-                        "fvu": float(err / var.clamp_min(1e-12)),
-                        "l0": float(fwd.l0().float().mean()),
-                        "dead_fraction": float(dead.float().mean()),
-                        "lr": sched.get_last_lr()[0], "elapsed_s": time.time() - t0}
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-                if wandb:
-                    wandb.log(last, step=step + 1)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", L0=f"{last['l0']:.1f}",
-                                FVU=f"{last['fvu']:.3f}", dead=f"{100 * last['dead_fraction']:.1f}%")
-            bar.update(1)
-            if ddp.main and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-                ev = objective.evaluate(sae, scale)
-                ev = {"step": step + 1, "eval": {k: v for k, v in ev.items() if k != "density"}}
-                log.write(json.dumps(ev) + "\n")
-                log.flush()
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-                if ddp.main:
-                    _save_checkpoint(ckpt_path, settings, sae, opt, sched, since_fired,
-                                     step + 1)
-                    saved = step + 1
-                ddp.barrier()
-    except KeyboardInterrupt:
-        bar.close()
-        raise Interrupted(f"training stopped at step {step} of {steps}; the checkpoint in "
-                          f"{out} is at step {saved}") from None
-    bar.close()
-    if end < steps:  # stopped early on request: the checkpoint resumes the run
-        if log:
-            log.close()
-        return {"stopped_at": end, "steps": steps}
+
+def _initialise(run: _Run) -> None:
+    """A fresh start: the activation scale and b_dec from a sample of the data."""
+    sample = run.objective.init_sample().to(run.ddp.device)
+    run.scale = activation_scale(sample)
+    run.sae.activation_scale.fill_(run.scale)
+    run.sae.init_b_dec(sample * run.scale)
+    run.ddp.all_reduce_mean_([p.data for p in run.sae.parameters()])  # identical on every rank
+
+
+def _train_step(run: _Run, step: int, batch) -> _StepResult:
+    """One optimizer update on this process's share of the global batch."""
+    cfg, ddp, sae = run.cfg, run.ddp, run.sae
+    # latents silent for a window are dead: AuxK trains them back
+    dead = run.since_fired >= cfg.dead_window_tokens
+    # a generator per step (matryoshka's sampled prefixes): a resumed run draws the same
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    loss, fwd, terms, x = run.objective.loss(sae, batch, step, dead, gen, run.scale)
+    apply_gradients(sae, run.opt, loss, ddp)
+    run.sched.step()
+    if sae.architecture.batch_topk:  # every process keeps the same inference threshold
+        ddp.all_reduce_mean_([sae.threshold])
+    # a latent fired on any process fired on the global batch
+    with torch.no_grad():
+        fired = ddp.any_(fwd.fired_counts() > 0)
+        run.since_fired += x.shape[0] * ddp.world
+        run.since_fired[fired] = 0
+    return _StepResult(loss, fwd, terms, x, dead)
+
+
+class _Log:
+    """Where a run reports: ``train_log.jsonl`` (one JSON record a line: train records,
+    ``{"step", "eval"}`` records), W&B when asked, and the progress bar. Only the main
+    process writes."""
+
+    def __init__(self, run: _Run, progress: bool):
+        main = run.ddp.main
+        self.file = open(run.out / "train_log.jsonl", "a") if main else None
+        self.wandb = _wandb(run.cfg, run.ddp) if run.cfg.wandb_project else None
+        self.bar = tqdm(total=run.steps, initial=run.start, desc=f"train {run.cfg.trained_as}",
+                        disable=not (progress and main), unit="step")
+        self.t0 = time.time()
+        self.last: dict = {}  # the latest train record
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+    def after_step(self, run: _Run, step: int, end: int, done: _StepResult) -> None:
+        """A train record every ``log_every`` steps and at ``end``; an evaluation on the
+        held-out data every ``eval_every`` steps (the last step's is ``_finish``'s)."""
+        cfg = run.cfg
+        if run.ddp.main and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
+            self._train_record(run, step, done)
+        self.bar.update(1)
+        if run.ddp.main and (step + 1) % cfg.eval_every == 0 and step + 1 < run.steps:
+            ev = run.objective.evaluate(run.sae, run.scale)
+            self.write({"step": step + 1, "eval": without_density(ev)})
+
+    def _train_record(self, run: _Run, step: int, done: _StepResult) -> None:
+        x, fwd = done.x, done.fwd
+        with torch.no_grad():
+            err = (fwd.x_hat - x).square().sum()
+            var = (x - x.mean(0)).square().sum()
+        self.last = {"step": step + 1, "tokens": (step + 1) * x.shape[0] * run.ddp.world,
+                     "loss": float(done.loss.detach()), **done.terms,
+                     "fvu": float(err / var.clamp_min(1e-12)),
+                     "l0": float(fwd.l0().float().mean()),
+                     "dead_fraction": float(done.dead.float().mean()),
+                     "lr": run.sched.get_last_lr()[0], "elapsed_s": time.time() - self.t0}
+        self.write(self.last)
+        if self.wandb:
+            self.wandb.log(self.last, step=step + 1)
+        self.bar.set_postfix(loss=f"{self.last['loss']:.4f}", L0=f"{self.last['l0']:.1f}",
+                             FVU=f"{self.last['fvu']:.3f}",
+                             dead=f"{100 * self.last['dead_fraction']:.1f}%")
+
+
+def _finish(run: _Run, log: _Log) -> dict:
+    """The whole run is trained: evaluate it, save the SAE (scale folded in) and
+    ``metrics.json``, and drop the checkpoint (a finished run does not resume)."""
     result = {}
-    if ddp.main:
-        ev = objective.evaluate(sae, scale)
-        result = {"arch": cfg.arch, "sae_arch": sae_cfg.arch, "d_in": d_in,
-                  "d_sae": sae_cfg.d_sae, "k": cfg.k, "steps": steps,
+    if run.ddp.main:
+        sae, last = run.sae, log.last
+        ev = run.objective.evaluate(sae, run.scale)
+        result = {"arch": run.cfg.trained_as, "sae_arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
+                  "d_sae": sae.cfg.d_sae, "k": run.cfg.k, "steps": run.steps,
                   "tokens": int(last.get("tokens", 0)) if last else None,
-                  "train_seconds": time.time() - t0, "activation_scale": scale,
+                  "train_seconds": time.time() - log.t0, "activation_scale": run.scale,
                   "eval": ev, "final_train": last}
-        if sae_cfg.arch == "hierarchical_topk":
+        if sae.eval_k_grid():  # an any-k SAE: its figures at every k' of the grid
             result["eval_by_k"] = {
-                str(kp): {k: v for k, v in objective.evaluate(sae, scale, kp).items()
-                          if k != "density"}
-                for kp in k_grid(sae_cfg.k)}
-        save_sae(sae.cpu(), out)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        log.write(json.dumps({"step": steps, "eval": {k: v for k, v in ev.items()
-                                                      if k != "density"}}) + "\n")
+                str(kp): without_density(run.objective.evaluate(sae, run.scale, kp))
+                for kp in sae.eval_k_grid()}
+        save_sae(sae.cpu(), run.out)
+        (run.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        log.write({"step": run.steps, "eval": without_density(ev)})
         log.close()
-        ckpt_path.unlink(missing_ok=True)
-        if wandb:
-            wandb.finish()
-    ddp.barrier()
+        (run.out / CHECKPOINT).unlink(missing_ok=True)
+        if log.wandb:
+            log.wandb.finish()
+    run.ddp.barrier()
     return result
-
-
-def k_grid(k: int) -> list[int]:
-    """k' values to evaluate a HierarchicalTopK SAE at: powers of two up to K, and K."""
-    grid = [2**i for i in range(int(math.log2(k)) + 1)]
-    return sorted(set(grid + [k]))
 
 
 def _init_rows(n_train: int, n: int, seed: int):
@@ -522,8 +634,6 @@ def resume_settings(cfg: TrainConfig, steps: int) -> dict:
 
 
 def _digest(obj) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -556,31 +666,64 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def _save_checkpoint(path: Path, settings: dict, sae, opt, sched, since_fired,
-                     step: int) -> None:
+def _save_checkpoint(run: _Run, step: int) -> None:
+    path = run.out / CHECKPOINT
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "arch": settings["train_config"]["arch"], **settings,
-                "sae_config": sae.cfg.to_dict(),
-                "sae": sae.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "since_fired": since_fired,
+    torch.save({"step": step, "arch": run.settings["train_config"]["arch"], **run.settings,
+                "sae_config": run.sae.cfg.to_dict(),
+                "sae": run.sae.state_dict(), "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(), "since_fired": run.since_fired,
                 "torch_rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, cfg, settings: dict, sae, opt, sched, since_fired) -> int:
+def _load_checkpoint(run: _Run) -> None:
+    """Resume ``run`` from its checkpoint, after checking that the checkpoint was made
+    with the same settings, data and SAE config."""
+    path = run.out / CHECKPOINT
+    state = _read_checkpoint(path, run.sae.b_dec.device)
+    _check_checkpoint(path, state, run)
+    run.sae.load_state_dict(state["sae"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.since_fired.copy_(state["since_fired"])
+    torch.set_rng_state(state["torch_rng"])
+    run.start = int(state["step"])
+    run.scale = float(run.sae.activation_scale)
+    if run.ddp.main:
+        truncate_log(run.out / "train_log.jsonl", run.start)
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
     try:
-        state = torch.load(path, map_location=sae.b_dec.device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # pickle and zip errors of a truncated file
         raise CorruptArtifactError(f"checkpoint {path} is corrupt or truncated ({e}); delete "
                                    f"it to start over") from e
     if not isinstance(state, dict) or "sae" not in state:
         raise CorruptArtifactError(f"{path} is not an interp training checkpoint; delete it "
                                    f"or use another --out")
-    if state.get("arch") != cfg.arch:
+    return _with_objective(state)
+
+
+def _with_objective(state: dict) -> dict:
+    """A checkpoint from before training objectives (end-to-end runs named by ``arch``
+    "e2e" / "e2e+ds" with an ``e2e_act``; no ``objective``) in today's form."""
+    tc = state.get("train_config")
+    if tc is None or "objective" in tc:
+        return state
+    tc = dict(tc)
+    tc["objective"], tc["arch"] = objective_and_arch(tc["arch"], tc.pop("e2e_act", DEFAULT_ARCH))
+    return {**state, "train_config": tc, "arch": tc["arch"]}
+
+
+def _check_checkpoint(path: Path, state: dict, run: _Run) -> None:
+    """Refuse a checkpoint of another architecture, settings, data or SAE config."""
+    if state.get("arch") != run.cfg.arch:
         raise DataError(f"checkpoint {path} is from a {state.get('arch')!r} SAE, not "
-                        f"{cfg.arch!r}; use another --out or the same --arch")
+                        f"{run.cfg.arch!r}; use another --out or the same --arch")
     if "train_config" in state:  # checkpoints before this check lack it
-        diffs = _differences({k: state[k] for k in settings}, settings)
+        diffs = _differences({k: state[k] for k in run.settings}, run.settings)
         data = [d for d in diffs if d.startswith("data.")]
         if data and not [d for d in data if not d.startswith("data.store ")]:
             diffs = [d for d in diffs if not d.startswith("data.store ")]  # moved, same data
@@ -589,17 +732,11 @@ def _load_checkpoint(path: Path, cfg, settings: dict, sae, opt, sched, since_fir
                                 f"({'; '.join(diffs)}); rerun with the checkpoint's settings, "
                                 f"or use another --out to start a new run")
     theirs = {k: v for k, v in state["sae_config"].items() if k != "metadata"}
-    ours = {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"}
+    ours = {k: v for k, v in run.sae.cfg.to_dict().items() if k != "metadata"}
     if theirs != ours:
         diff = sorted(k for k in ours if theirs.get(k) != ours[k])
         raise DataError(f"checkpoint {path} was made with different SAE settings ({diff}); "
                         f"use the same settings or another --out")
-    sae.load_state_dict(state["sae"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    since_fired.copy_(state["since_fired"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
 
 
 def _wandb(cfg: TrainConfig, ddp: _Dist):
@@ -608,7 +745,7 @@ def _wandb(cfg: TrainConfig, ddp: _Dist):
     try:
         import wandb
     except ImportError:
-        print("note: --wandb-project given but wandb is not installed; logging to JSONL only")
+        log.warning("note: --wandb-project given but wandb is not installed; logging to JSONL only")
         return None
     wandb.init(project=cfg.wandb_project, config=asdict(cfg), name=Path(cfg.out).name)
     return wandb
