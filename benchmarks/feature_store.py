@@ -32,8 +32,8 @@ import torch
 
 
 def synthetic_sae(model, hook: str, d_sae: int, k: int, seed: int = 0):
-    from interp.activations.harvest import stop_layer
     from interp.data.sources import OthelloSource, batches
+    from interp.hooks import stop_layer
     from interp.sae.core import SAEConfig, SparseAutoencoder
 
     d_in = model.cfg.d_model
@@ -57,9 +57,9 @@ def bare_pass(model, sae, hook: str, source, n_tokens: int, n_ctx: int, batch: i
     import itertools
     import math
 
-    from interp.activations.harvest import stop_layer
     from interp.data.sources import batches, prefetch
-    from interp.features.build import encode
+    from interp.features.codes import encode
+    from interp.hooks import stop_layer
 
     kept = n_ctx - 1
     n_contexts = math.ceil(n_tokens / kept)

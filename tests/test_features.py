@@ -8,8 +8,11 @@ import torch
 
 from interp.cli import main
 from interp.errors import CorruptArtifactError, DataError, InterpError, UnknownNameError
-from interp.features import build as B
 from interp.features import FeatureStore
+from interp.features import accumulate as A
+from interp.features import build as B
+from interp.features.codes import Codes, encode
+from interp.features.logits import logit_effects
 
 SHIPPED = "othello/blocks.3.hook_resid_post/topk"
 HOOK = "blocks.3.hook_resid_post"
@@ -28,19 +31,19 @@ def random_batches(d_sae=7, vocab=11, n_ctx=9, n_batches=12, batch=5, k=3, dense
         if dense:
             acts = torch.rand(rows, d_sae, generator=g) * 3
             acts[torch.rand(rows, d_sae, generator=g) < 0.6] = 0
-            out.append((tokens, B.Codes(acts=acts), acts))
+            out.append((tokens, Codes(acts=acts), acts))
         else:
             idx = torch.stack([torch.randperm(d_sae, generator=g)[:k] for _ in range(rows)])
             vals = torch.rand(rows, k, generator=g) * 3
             vals[torch.rand(rows, k, generator=g) < 0.2] = 0  # padding, as relu(topk) gives
             dense_acts = torch.zeros(rows, d_sae).scatter_add(1, idx, vals)
-            out.append((tokens, B.Codes(values=vals, indices=idx), dense_acts))
+            out.append((tokens, Codes(values=vals, indices=idx), dense_acts))
     return out
 
 
 def accumulate(batches, d_sae=7, vocab=11, n_ctx=9, **cfg):
     cfg = B.FeatureConfig(n_tokens=1, **cfg)
-    acc = B.FeatureAccumulator(d_sae, vocab, n_ctx, cfg)
+    acc = A.FeatureAccumulator(d_sae, vocab, n_ctx, cfg)
     for tokens, codes, _ in batches:
         acc.add(tokens, codes)
     return acc
@@ -88,10 +91,11 @@ def test_streaming_top_n_equals_brute_force(dense):
 @pytest.mark.parametrize("dense", [False, True])
 def test_density_histogram_and_token_counts_equal_brute_force(dense, monkeypatch):
     if not dense:  # the sparse (token, latent) accumulator, flushed several times
-        monkeypatch.setattr(B, "DENSE_TOKEN_LATENT_CELLS", 0)
-        monkeypatch.setattr(B, "_SPARSE_FLUSH", 50)
+        monkeypatch.setattr(A, "DENSE_TOKEN_LATENT_CELLS", 0)
+        monkeypatch.setattr(A, "SPARSE_FLUSH", 50)
     batches = random_batches(dense=dense, seed=1)
     acc = accumulate(batches, hist_decades=(-1, 1), hist_per_decade=4)
+    assert acc.token_latents.dense == dense  # the patched table kind is the one exercised
     tokens, acts = brute_force(batches)
     flat = acts.reshape(-1, acts.shape[-1]).numpy().astype(np.float64)
     t = acc.tables()
@@ -147,7 +151,7 @@ def test_interval_samples_lie_in_their_interval():
 def test_rank_within_orders_groups():
     groups = torch.tensor([2, 0, 2, 1, 0, 2])
     scores = torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0, 2.0])
-    order, rank = B.rank_within(groups, scores, 3)
+    order, rank = A.rank_within(groups, scores, 3)
     assert groups[order].tolist() == [0, 0, 1, 2, 2, 2]
     assert scores[order].tolist() == [5.0, 4.0, 2.0, 3.0, 2.0, 1.0]
     assert rank.tolist() == [0, 1, 0, 0, 1, 2]
@@ -169,7 +173,7 @@ def shipped_sae():
 
 
 def test_logit_effects_equal_the_dense_product(othello, shipped_sae):
-    eff = B.logit_effects(shipped_sae, othello, HOOK, m=7, chunk=300)
+    eff = logit_effects(shipped_sae, othello, HOOK, m=7, chunk=300)
     D = shipped_sae.W_dec.detach()
     D = (D - D.mean(1, keepdim=True)) * othello.ln_final.w.detach()  # ln_final: centre, gain
     dense = D @ othello.W_U.detach()
@@ -188,7 +192,7 @@ def test_encode_gives_the_saes_activations(arch):
     sae = load_pretrained(f"othello/{HOOK}/{arch}")
     x = torch.randn(64, sae.cfg.d_in) * 3
     with torch.no_grad():
-        codes = B.encode(sae, x)
+        codes = encode(sae, x)
         rows, lats, vals = codes.entries()
         got = torch.zeros(64, sae.cfg.d_sae).index_put_((rows, lats), vals)
         torch.testing.assert_close(got, sae.encode(x).clamp_min(0))
@@ -335,3 +339,27 @@ def test_recording_in_chunks_changes_nothing(othello, shipped_sae, monkeypatch):
     top = [t["examples"]["kind"] == "top" for t in tables]
     for key in ("latent", "value"):  # (othello openings repeat: equal values tie)
         np.testing.assert_array_equal(a["examples"][key][top[0]], b["examples"][key][top[1]])
+
+
+def test_a_source_that_runs_out_is_a_logged_note(othello, shipped_sae, caplog):
+    from interp.data.sources import OthelloSource
+
+    cfg = B.FeatureConfig(n_tokens=59 * 10, n_ctx=60, batch_size=4)
+    with caplog.at_level("WARNING", logger="interp.features.build"):
+        acc, _ = B.stream_features(othello, shipped_sae, HOOK, OthelloSource(n_games=3), cfg,
+                                   progress=False)
+    assert acc.n_contexts == 3 and acc.n_tokens == 3 * 59
+    assert "note: the token source ran out after 3 contexts (10 requested)" in caplog.text
+
+
+def test_build_refuses_an_sae_of_another_hook_and_writes_nothing(tmp_path, othello,
+                                                                  shipped_sae):
+    from interp.data.sources import OthelloSource
+
+    out = tmp_path / "f.duckdb"
+    with pytest.raises(DataError, match="reads blocks.3.hook_resid_post, not "
+                                        "blocks.2.hook_resid_post"):
+        B.build_feature_store(othello, shipped_sae, "blocks.2.hook_resid_post", OthelloSource(),
+                              B.FeatureConfig(n_tokens=100, n_ctx=60), out,
+                              {"model": "othello"}, progress=False)
+    assert list(tmp_path.iterdir()) == []

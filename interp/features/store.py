@@ -1,4 +1,4 @@
-"""Query a feature store (one DuckDB file per SAE, written by ``interp.features.build``).
+"""Query a feature store (one DuckDB file per SAE, written by ``interp.features.write``).
 
 Schema (every table sorted by its lookup key, which also has an index):
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from interp.errors import CorruptArtifactError, DataError, closest, UnknownNameError
-from interp.features.build import FORMAT, FORMAT_VERSION
+from interp.features.write import FORMAT, FORMAT_VERSION
 
 _FEATURE_COLUMNS = ("latent, count, density, mean_act, mean_all, max_act, hist_first, "
                     "hist_counts, top_token_ids, top_token_counts, top_token_sums")
