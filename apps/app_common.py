@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from interp.errors import InterpError
+from interp.sae.core import DEFAULT_ARCH
 
 # page key -> (script, title, icon); the key is the page's URL path and its ?page= name
 PAGES = {
@@ -74,9 +75,9 @@ def sae(spec: str, model_name: str | None = None):
     """An SAE by registry name or folder; checked against ``model_name``'s model when given
     (another model's SAE, or a hook it lacks, is an InterpError the page shows)."""
     from interp.provenance import check_dictionary
-    from interp.sae.release import load_named
+    from interp.runs import resolve_sae
 
-    loaded, _ = load_named(spec)
+    loaded = resolve_sae(spec).sae
     if model_name:
         check_dictionary(loaded, name=spec, model=model(model_name), model_name=model_name)
     return loaded.eval()
@@ -184,16 +185,17 @@ def label_correlations(model_name: str, sae_spec: str):
 
 
 def default_sae(infos) -> str | None:
-    """The SAE a page starts with: the run's first, else the shipped TopK at the hook with the
-    most SAEs, else the first."""
+    """The SAE a page starts with: the run's first, else the shipped one of the default
+    architecture (TopK) at the hook with the most SAEs, else the first."""
     if not infos:
         return None
     run = [i.name for i in infos if i.source == "run"]
     if run:
         return run[0]
     hooks = [i.hook for i in infos]
-    topk = sorted((i for i in infos if i.arch == "topk"), key=lambda i: -hooks.count(i.hook))
-    return (topk or infos)[0].name
+    default = sorted((i for i in infos if i.arch == DEFAULT_ARCH),
+                     key=lambda i: -hooks.count(i.hook))
+    return (default or infos)[0].name
 
 
 def store_for(infos, hook: str | None = None, name: str | None = None):

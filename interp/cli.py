@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 
-from interp.errors import DataError, InterpError, UsageError
+from interp.errors import InterpError, UsageError
 
 
 def _cmd_harvest(args: argparse.Namespace) -> None:
@@ -29,11 +30,41 @@ def _cmd_harvest(args: argparse.Namespace) -> None:
         print(f"  {h}: d_in={s['d_in'][h]} dtype={s['dtype']}")
 
 
+def _harvest_parser(sub) -> None:
+    p = sub.add_parser("harvest", help="capture activations at hook points into a store",
+                       description="Run a model over a token source and write the "
+                       "activations at the given hook points to runs/NAME/activations.")
+    p.add_argument("--model", required=True, help="othello, pycode, a TransformerLens "
+                   "pretrained name, or a local model folder")
+    p.add_argument("--hook", action="append", required=True,
+                   help="hook point, e.g. blocks.3.hook_resid_post (repeat for several)")
+    p.add_argument("--tokens", type=int, required=True, help="number of tokens to harvest")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--source", default=None, help="othello | pycode[:train] | hf:DATASET[:SPLIT]"
+                   " | path to .txt/.jsonl/.parquet (default: the embedded model's corpus)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context length (default: the "
+                   "model's, at most 128)")
+    p.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
+    p.add_argument("--shard-rows", type=int, default=2**18, help="rows per shard file")
+    p.add_argument("--device", default="cpu")
+    _add_force(p)
+    p.set_defaults(func=_cmd_harvest)
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from interp.activations.harvest import open_store
 
     store = open_store(args.path)
     print(json.dumps(store.summary(), indent=2))
+
+
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="summarise an activation store or run folder",
+                       description="Print the manifest summary of a store (validating its files).")
+    p.add_argument("path", help="runs/NAME or a store folder")
+    p.set_defaults(func=_cmd_info)
 
 
 def _cmd_model(args: argparse.Namespace) -> None:
@@ -70,6 +101,20 @@ def _cmd_model(args: argparse.Namespace) -> None:
             print(h)
 
 
+def _model_parser(sub) -> None:
+    p = sub.add_parser("model", help="list, train, evaluate the embedded models",
+                       description="list: the embedded models; train NAME: reproduce one from "
+                       "scratch into saes/models/NAME; eval NAME: measure its figures; "
+                       "hooks NAME: list its hook points.")
+    p.add_argument("action", choices=["list", "train", "eval", "hooks"])
+    p.add_argument("name", nargs="?", help="othello or pycode (any loadable model for hooks)")
+    p.add_argument("--steps", type=int, default=None, help="train: override the recipe's steps")
+    p.add_argument("--threads", type=int, default=None, help="train: torch threads")
+    p.add_argument("--write", action="store_true", help="eval: write metrics.json")
+    p.add_argument("--quick", action="store_true", help="eval: a small, fast sample")
+    p.set_defaults(func=_cmd_model)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from interp.demo import run_demo
 
@@ -81,14 +126,30 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise SystemExit(serve(args.out, args.port))
 
 
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded default",
+                       description="Harvest activations from the embedded othello model, "
+                       "probe them, train and evaluate a TopK SAE, build its feature store, "
+                       "then start the app on the run (its URL is printed; --no-app skips it).")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest")
+    p.add_argument("--feature-tokens", type=int, default=30_000,
+                   help="tokens streamed into the demo SAE's feature store (0: none)")
+    p.add_argument("--no-app", action="store_true",
+                   help="do not start the app at the end (for scripted use)")
+    p.add_argument("--port", type=int, default=8501, help="port of the app at the end")
+    p.set_defaults(func=_cmd_demo)
+
+
 def _train_config(args: argparse.Namespace):
     """The TrainConfig of ``interp train``, with ``--option`` values typed by the SAE
     config's fields (checked before anything is written)."""
     from interp.config import typed_options
     from interp.sae.core import SAEConfig
-    from interp.sae.trainer import FLAG_OF_SAE_FIELD, TrainConfig
+    from interp.sae.trainer import FLAG_OF_SAE_FIELD, TrainConfig, objective_and_arch
 
-    if not args.store and args.arch not in ("e2e", "e2e+ds"):
+    objective, arch = objective_and_arch(args.arch, args.e2e_act)  # --arch e2e: an objective
+    if not args.store and objective == "store":
         raise UsageError("--store is required (only --arch e2e / e2e+ds train from tokens, "
                          "with --model)")
     for flag in ("latents", "k", "batch_size", "steps", "checkpoint_every"):
@@ -100,13 +161,14 @@ def _train_config(args: argparse.Namespace):
     if args.eval_rows < 0:
         raise UsageError(f"--eval-rows must be 0 or more, got {args.eval_rows}")
     options = typed_options(args.option, SAEConfig, FLAG_OF_SAE_FIELD)
-    return TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=args.arch,
+    return TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=arch,
+                      objective=objective,
                       d_sae=args.latents, k=args.k, sae_options=options,
                       batch_size=args.batch_size, steps=args.steps, lr=args.lr,
                       eval_rows=args.eval_rows, seed=args.seed,
                       checkpoint_every=args.checkpoint_every,
                       wandb_project=args.wandb_project, model=args.model,
-                      source=args.source, n_ctx=args.n_ctx, e2e_act=args.e2e_act,
+                      source=args.source, n_ctx=args.n_ctx,
                       ds_coeff=args.ds_coeff, encoder_dtype=args.encoder_dtype,
                       compile=args.compile, device=args.device,
                       **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {})
@@ -122,6 +184,51 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"saved {args.out}: FVU {ev['fvu']:.4f}, L0 {ev['l0']:.1f}, dead "
               f"{100 * ev['dead_fraction']:.1f}%, dense {100 * ev['dense_fraction']:.1f}% "
               f"on {ev['n_tokens']:,} held-out tokens")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train an SAE on an activation store",
+                       description="Train one SAE (relu, jumprelu, ksparse, topk, batchtopk, "
+                       "matryoshka, hierarchical_topk) on a harvested store; resumes from "
+                       "OUT/checkpoint.pt when it exists. Under torchrun it trains data-"
+                       "parallel over the processes.")
+    p.add_argument("--store", default=None, help="run folder or store (from interp harvest)")
+    p.add_argument("--out", required=True, help="the SAE's folder, e.g. runs/NAME/saes/topk")
+    p.add_argument("--hook", default=None, help="hook in the store (when it holds several)")
+    p.add_argument("--arch", default="topk", help="relu, jumprelu, ksparse, topk (default), "
+                   "batchtopk, matryoshka, hierarchical_topk; or e2e / e2e+ds, the end-to-end "
+                   "objectives: an --e2e-act SAE trained from tokens through --model")
+    p.add_argument("--latents", type=int, default=4096, help="dictionary size d_sae")
+    p.add_argument("--k", type=int, default=32, help="active latents per token (top-k family)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=None, help="default: one epoch")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(latents/2^14)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda (under torchrun each process takes its local GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the SAE's loss (worth it on a GPU, where the sparse "
+                   "ops run as torch code; compiling takes a minute)")
+    p.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="top-k family: dtype of the encoder product x @ W_enc (bfloat16 is "
+                   "about 2x faster where the CPU or GPU has it; loss and gradients stay fp32)")
+    p.add_argument("--eval-rows", type=int, default=8192, help="held-out rows at the store's end")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other SAE setting, e.g. prefixes=[256,1024,4096], l1_coeff=5, "
+                   "tied=true, k_start=128, k_anneal_steps=500 (repeat for several)")
+    p.add_argument("--wandb-project", default=None, help="also log to W&B (when installed)")
+    p.add_argument("--model", default=None, help="e2e: the model to splice the SAE into")
+    p.add_argument("--source", default=None, help="e2e: token source (default: the model's)")
+    p.add_argument("--n-ctx", type=int, default=None, help="e2e: context length")
+    p.add_argument("--e2e-act", default="topk", choices=["topk", "relu"],
+                   help="e2e: the spliced SAE's activation (relu adds an L1 term)")
+    p.add_argument("--ds-coeff", type=float, default=1.0,
+                   help="e2e+ds: weight of the downstream reconstruction terms")
+    p.add_argument("--eval-contexts", type=int, default=None,
+                   help="e2e: held-out contexts for evaluation (default 64)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_train)
 
 
 def _eval_out(args: argparse.Namespace):
@@ -153,6 +260,32 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.eval_out}/eval.json and its figures")
 
 
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a saved SAE",
+                       description="Reconstruction metrics on a store (FVU, MSE, L0, dead and "
+                       "dense latents, density histogram; HierarchicalTopK at every k') and, "
+                       "with the model, CE-loss recovered and KL with the SAE spliced in. "
+                       "Writes eval.json (with the store, hook and model it was computed "
+                       "on) and plotly figures into the SAE's folder, or --out; a shipped "
+                       "SAE's files are never rewritten. The SAE is checked against the "
+                       "store and the model first.")
+    p.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors) or a shipped "
+                   "SAE's name (see `interp saes`)")
+    p.add_argument("--store", default=None, help="activation store for the reconstruction "
+                   "metrics (its last --tokens rows)")
+    p.add_argument("--model", default=None, help="model for the spliced metrics (default: "
+                   "the SAE's own)")
+    p.add_argument("--source", default=None, help="token source for the spliced metrics")
+    p.add_argument("--tokens", type=int, default=50_000)
+    p.add_argument("--contexts", type=int, default=64)
+    p.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
+    p.add_argument("--out", default=None, help="folder for eval.json and the figures "
+                   "(default: the SAE's folder; for a shipped SAE, RUN/evals/NAME of the run "
+                   "given as --store)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_eval)
+
+
 def _feature_readout(spec: str):
     """``feature:SAE:LATENT`` -> a Readout of that latent."""
     from interp.circuits.discover import saes_for
@@ -173,13 +306,12 @@ def _num(value: float | None) -> str:
 
 
 def _cmd_circuit(args: argparse.Namespace) -> None:
-    import torch
-
-    from interp.circuits.discover import CircuitConfig, discover, run_saes, saes_for
-    from interp.circuits.graph import faithfulness_figure, figure, save_graph
+    from interp.circuits.discover import CircuitConfig, discover, saes_for
+    from interp.circuits.graph import figure, save_graph
     from interp.circuits.splice import SplicedModel
     from interp.circuits.tasks import BUILTIN, make_task
     from interp.models import load
+    from interp.runs import run_saes
 
     names = list(args.sae or [])
     if args.run:
@@ -220,34 +352,90 @@ def _cmd_circuit(args: argparse.Namespace) -> None:
         print(f"note: {f['faithfulness_note']}")
     print(f"saved {out} and {html}")
     if args.validate:
-        from interp.circuits.attribution import (exact_node_effects, node_attribution,
-                                                 spearman, top_nodes)
-
-        for method in ("atp", "ig"):
-            scores = node_attribution(spliced, task, method=method, patch=args.patch,
-                                      steps=args.steps)
-            top = top_nodes(scores, args.validate)
-            exact = exact_node_effects(spliced, task, [n for n, _ in top], patch=args.patch)
-            est = torch.tensor([v for _, v in top], dtype=torch.float64)
-            print(f"  {method}: Spearman with exact patching over its top {len(top)} nodes "
-                  f"{spearman(est, exact):.3f}")
+        _validate_attribution(spliced, task, args)
     if args.curve:
-        from interp.circuits.attribution import node_attribution, top_nodes
-        from interp.circuits.faithfulness import faithfulness_curve
+        _faithfulness_curve(spliced, task, args, out)
 
-        scores = node_attribution(spliced, task, method=args.method, patch=args.patch,
-                                  steps=args.steps, sum_positions=args.sum_positions)
-        ranked = [n for n, _ in top_nodes(scores, max(args.curve))]
-        curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve),
-                                   ablation=args.ablation)
-        for c in curve:
-            print(f"  top {c['nodes']:4d} nodes: faithfulness {_num(c['faithfulness'])}, "
-                  f"completeness {_num(c['completeness'])}")
-        faithfulness_figure(curve).write_html(out.with_name(out.stem + "_faithfulness.html"))
+
+def _validate_attribution(spliced, task, args: argparse.Namespace) -> None:
+    """``circuit --validate N``: AtP and IG against exact patching of their top N nodes."""
+    import torch
+
+    from interp.circuits.attribution import (exact_node_effects, node_attribution, spearman,
+                                             top_nodes)
+
+    for method in ("atp", "ig"):
+        scores = node_attribution(spliced, task, method=method, patch=args.patch,
+                                  steps=args.steps)
+        top = top_nodes(scores, args.validate)
+        exact = exact_node_effects(spliced, task, [n for n, _ in top], patch=args.patch)
+        est = torch.tensor([v for _, v in top], dtype=torch.float64)
+        print(f"  {method}: Spearman with exact patching over its top {len(top)} nodes "
+              f"{spearman(est, exact):.3f}")
+
+
+def _faithfulness_curve(spliced, task, args: argparse.Namespace, out) -> None:
+    """``circuit --curve 5,10,50``: faithfulness of the top-n nodes, printed and drawn."""
+    from interp.circuits.attribution import node_attribution, top_nodes
+    from interp.circuits.faithfulness import faithfulness_curve
+    from interp.circuits.graph import faithfulness_figure
+
+    scores = node_attribution(spliced, task, method=args.method, patch=args.patch,
+                              steps=args.steps, sum_positions=args.sum_positions)
+    ranked = [n for n, _ in top_nodes(scores, max(args.curve))]
+    curve = faithfulness_curve(spliced, task, ranked, sorted(args.curve),
+                               ablation=args.ablation)
+    for c in curve:
+        print(f"  top {c['nodes']:4d} nodes: faithfulness {_num(c['faithfulness'])}, "
+              f"completeness {_num(c['completeness'])}")
+    faithfulness_figure(curve).write_html(out.with_name(out.stem + "_faithfulness.html"))
+
+
+def _circuit_parser(sub) -> None:
+    p = sub.add_parser("circuit", help="discover a sparse feature circuit for a task",
+                       description="Splice SAEs into their model, attribute the task metric to "
+                       "latents and error terms (AtP or integrated gradients), connect the "
+                       "retained nodes by edge attribution, prune, and check the circuit by "
+                       "mean ablation (faithfulness, completeness). Writes the graph as JSON "
+                       "and a plotly HTML figure.")
+    p.add_argument("--run", default=None, help="use the SAEs in RUN/saes/ (one per hook)")
+    p.add_argument("--arch", default=None, help="with --run: the SAE folder name to use")
+    p.add_argument("--sae", action="append", default=None,
+                   help="an SAE by registry name (see `interp saes`) or folder; repeatable")
+    p.add_argument("--model", default=None, help="default: the SAEs' model")
+    p.add_argument("--task", required=True, help="othello-legal, othello-flipped, "
+                   "pycode-bracket, pycode-indent, or a JSONL file of prompts")
+    p.add_argument("--prompts", type=int, default=64, help="prompts of a built-in task")
+    p.add_argument("--metric", default="logit_diff",
+                   help="logit_diff, logprob, or feature:SAE:LATENT (that SAE latent's "
+                   "activation at the last position; SAE a registry name or folder)")
+    p.add_argument("--method", default="ig", choices=["atp", "ig"])
+    p.add_argument("--patch", default="counterfactual", choices=["counterfactual", "zero",
+                                                                  "mean"])
+    p.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
+    p.add_argument("--nodes", type=float, default=0.0, help="node threshold on |effect|")
+    p.add_argument("--max-nodes", type=int, default=100)
+    p.add_argument("--edges", type=float, default=0.0, help="edge threshold on |effect|")
+    p.add_argument("--sum-positions", action="store_true",
+                   help="nodes are latents summed over positions (default: one per position)")
+    p.add_argument("--linear", action="store_true",
+                   help="edges with attention patterns and LayerNorm scales frozen")
+    p.add_argument("--curve", type=int_list, default=None,
+                   help="also the faithfulness of the top-n nodes for these n, e.g. 5,10,50")
+    p.add_argument("--ablation", default=None, choices=["counterfactual", "mean"],
+                   help="faithfulness: what nodes outside the circuit are set to (default: "
+                   "counterfactual when the task has counterfactual prompts, else mean)")
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="also patch the top N nodes one by one (exact) and print the Spearman "
+                   "correlation of the AtP and IG scores with it")
+    p.add_argument("--out", default="circuit.json")
+    _add_force(p)
+    p.set_defaults(func=_cmd_circuit)
 
 
 def _cmd_probe(args: argparse.Namespace) -> None:
-    from interp.circuits.discover import run_saes, saes_for
+    from interp.circuits.discover import saes_for
+    from interp.runs import run_saes
     from interp.models import load
     from interp.probes.experiment import compare_sources, save, table
 
@@ -261,7 +449,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
         sources += [f"sae:{name}" for name in swept]
         print(f"SAEs under {args.sweep} at L0 {target:g} (+-{args.l0_tolerance:.0%}): "
               f"{', '.join(n.rsplit('/', 1)[1] for n in swept)}"
-              + (f"; skipped (L0): " + ", ".join(f"{n.rsplit('/', 1)[1]} ({v:.1f})"
+              + ("; skipped (L0): " + ", ".join(f"{n.rsplit('/', 1)[1]} ({v:.1f})"
                                                  for n, v in skipped) if skipped else ""))
     if not sources:
         raise UsageError("give --source (repeatable) or --sweep MODEL/HOOK")
@@ -290,8 +478,41 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     print(f"saved {out} and {out.with_suffix('.html')}")
 
 
+def _probe_parser(sub) -> None:
+    p = sub.add_parser("probe", help="k-sparse probes on neurons or SAE latents",
+                       description="Fit k-sparse logistic probes (select k units, then a "
+                       "class-balanced logistic regression) for a property on each source, "
+                       "on the same examples and split; print F1 / accuracy / AUROC per k "
+                       "and write JSON plus an F1-vs-k plotly figure.")
+    p.add_argument("--task", required=True, help="othello-{empty,mine,theirs,legal,flipped}-SQ, "
+                   "pycode-{in-string,in-comment,keyword,in-brackets,indented,indent-N}, or a "
+                   ".csv/.jsonl of labelled text (with --model)")
+    p.add_argument("--sweep", default=None, metavar="MODEL/HOOK",
+                   help="also compare every shipped SAE architecture at this hook at equal L0 "
+                   "(e.g. othello/blocks.3.hook_resid_post)")
+    p.add_argument("--l0", type=float, default=None,
+                   help="--sweep: the L0 to compare at (default: the median there)")
+    p.add_argument("--l0-tolerance", type=float, default=0.25,
+                   help="--sweep: relative L0 tolerance")
+    p.add_argument("--source", action="append", default=None,
+                   help="hook:HOOK (its units, e.g. hook:blocks.1.mlp.hook_post) or sae:NAME "
+                   "(a registry name, a folder, or with --run a folder name in RUN/saes); "
+                   "repeat to compare")
+    p.add_argument("--run", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--k", type=int_list,
+                   default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--method", default="f_stat",
+                   choices=["mean_diff", "f_stat", "l1", "greedy", "exact"])
+    p.add_argument("--contexts", type=int, default=256)
+    p.add_argument("--examples", type=int, default=10_000)
+    p.add_argument("--out", default="probe.json")
+    _add_force(p)
+    p.set_defaults(func=_cmd_probe)
+
+
 def _cmd_ablate(args: argparse.Namespace) -> None:
-    from interp.ablations import ablate_latents, steer
+    from interp.ablations import intervene
     from interp.circuits.discover import saes_for
     from interp.circuits.splice import SplicedModel
     from interp.circuits.tasks import make_task
@@ -313,17 +534,14 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
     else:
         raise UsageError("give --task TASK or --prompt TEXT")
     latents = args.latents
-    if args.alpha is not None or args.clamp is not None:
-        if len(latents) != 1:
-            raise UsageError("steer one latent at a time (--latents N with --alpha or --clamp)")
-        rep = steer(spliced, hook, tokens, latents[0], alpha=args.alpha, clamp=args.clamp,
-                    task=task)
-        what = f"steered latent {latents[0]} " + (f"by alpha={args.alpha}" if args.alpha
-                                                   is not None else f"clamped to {args.clamp}")
-    else:
-        rep = ablate_latents(spliced, hook, tokens, latents, mode=args.mode,
-                             reference=reference, task=task)
-        what = f"{args.mode}-ablated latents {latents}"
+    if args.alpha is not None and args.clamp is not None:
+        raise UsageError("steer with --alpha or with --clamp, not both")
+    mode, value = ("alpha", args.alpha) if args.alpha is not None else \
+        ("clamp", args.clamp) if args.clamp is not None else (args.mode, None)
+    rep = intervene(spliced, hook, tokens, latents, mode, value, reference=reference, task=task)
+    what = {"alpha": f"steered latent {latents[0]} by alpha={value}",
+            "clamp": f"steered latent {latents[0]} clamped to {value}"}.get(
+        mode, f"{mode}-ablated latents {latents}")
     print(f"{what} at {hook} on {tokens.shape[0]} prompt(s) of {tokens.shape[1]} tokens")
     print(f"next-token loss {rep.loss_clean:.4f} -> {rep.loss_after:.4f} "
           f"({rep.loss_change:+.4f})")
@@ -334,6 +552,26 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
         token_strings(model_name, [i for i, _ in pairs]), [d for _, d in pairs]))
     print(f"last position, probability up:   {names(rep.top_up[:args.top])}")
     print(f"last position, probability down: {names(rep.top_down[:args.top])}")
+
+
+def _ablate_parser(sub) -> None:
+    p = sub.add_parser("ablate", help="ablate or steer SAE latents and measure the effect",
+                       description="Ablate SAE latents (zero, mean or resample) or steer one "
+                       "(add alpha times its decoder direction, or clamp it) on a task's "
+                       "prompts or on a prompt; print the change of the next-token loss, of "
+                       "the task metric, and the tokens whose probability moves most.")
+    p.add_argument("--sae", required=True, help="registry name or SAE folder")
+    p.add_argument("--latents", required=True, type=int_list,
+                   help="comma-separated latent ids, e.g. 12,40")
+    p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"])
+    p.add_argument("--alpha", type=float, default=None, help="steer: add alpha * W_dec[latent]")
+    p.add_argument("--clamp", type=float, default=None, help="steer: set the latent to this")
+    p.add_argument("--task", default=None, help="a circuit task (its prompts and metric)")
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--prompt", default=None, help="or one text prompt")
+    p.add_argument("--model", default=None)
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=_cmd_ablate)
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
@@ -356,8 +594,43 @@ def _cmd_features(args: argparse.Namespace) -> None:
     return out
 
 
+def _features_parser(sub) -> None:
+    p = sub.add_parser("features", help="build the feature store of an SAE",
+                       description="Stream tokens of the run's source through its model and "
+                       "the SAE, and record for every latent: top activating contexts (a "
+                       "token window with the latent's activation at each token), samples "
+                       "from each interval of its max activation, an activation histogram, "
+                       "firing density, mean and max, logit effects (decoder row through "
+                       "the unembedding) and the tokens it fires on; written to one DuckDB "
+                       "file (default RUN/features/<sae>.duckdb). Query it with "
+                       "interp.features.FeatureStore.")
+    p.add_argument("--run", default=None, help="run folder (its model and token source); "
+                   "optional for a shipped SAE with --out")
+    p.add_argument("--sae", required=True, help="SAE folder, shipped SAE name (see `interp "
+                   "saes`), or a folder name under RUN/saes/")
+    p.add_argument("--tokens", type=int, required=True, help="tokens to stream")
+    p.add_argument("--top", type=int, default=20, help="top activating examples per latent")
+    p.add_argument("--window", default="12,4", help="tokens shown before,after the "
+                   "activating token (default 12,4)")
+    p.add_argument("--batch", type=int, default=64, help="contexts per forward pass")
+    p.add_argument("--quantile-bins", type=int, default=10,
+                   help="intervals of the max activation to sample from")
+    p.add_argument("--samples", type=int, default=3, help="samples kept per interval")
+    p.add_argument("--top-tokens", type=int, default=20,
+                   help="per latent: tokens it fires on most, and logit effects kept")
+    p.add_argument("--source", default=None, help="token source (default: the run's)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context length (default: the "
+                   "run's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the interval sampling")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="the .duckdb file (default "
+                   "RUN/features/<sae>.duckdb)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_features)
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
-    from interp.sae.release import registry
+    from interp.sae.release import entry_architecture, registry
 
     reg = registry()
     if not reg:
@@ -365,7 +638,7 @@ def _cmd_saes(args: argparse.Namespace) -> None:
         return
     fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
     # the number of active latents is a setting of the top-k family only
-    k_of = lambda e: e["k"] if e["arch"] not in ("relu", "jumprelu") else "-"  # noqa: E731
+    k_of = lambda e: e["k"] if entry_architecture(e).uses_k else "-"  # noqa: E731
     if args.markdown:  # the README's table
         print("| name | latents | k | FVU | L0 | dead % | CE-loss recovered | KL (nats/token) |")
         print("|---|---|---|---|---|---|---|---|")
@@ -385,6 +658,14 @@ def _cmd_saes(args: argparse.Namespace) -> None:
           "sae_lens.SAE.load_from_disk")
 
 
+def _saes_parser(sub) -> None:
+    p = sub.add_parser("saes", help="list the SAEs shipped in saes/",
+                       description="List the registry of SAEs this project trained on its "
+                       "embedded models (saes/registry.json) with their headline metrics.")
+    p.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    p.set_defaults(func=_cmd_saes)
+
+
 def _cmd_app(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -395,6 +676,17 @@ def _cmd_app(args: argparse.Namespace) -> None:
         raise UsageError(f"no run folder at {run}; create one with `interp harvest` or "
                          f"`make demo`")
     raise SystemExit(serve(run, args.port, args.address))
+
+
+def _app_parser(sub) -> None:
+    p = sub.add_parser("app", help="browse a run folder in the Streamlit app",
+                       description="Start the Streamlit app on a run folder (it only reads).")
+    p.add_argument("run", nargs="?", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--run", dest="run_option", default=None, help="the run folder, as an option")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost",
+                   help="address to serve on (default localhost; 0.0.0.0 for every interface)")
+    p.set_defaults(func=_cmd_app)
 
 
 def int_list(text: str) -> list[int]:
@@ -416,273 +708,52 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace output files even when they "
+                   "are not what this command writes (never needed to resume)")
+
+
+PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _saes_parser, _app_parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``interp`` parser: one small function per subcommand adds its own."""
     p = Parser(prog="interp", description=__doc__.splitlines()[0] + " "
                                 "Run `interp SUBCOMMAND --help` for each subcommand.")
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-
-    h = sub.add_parser("harvest", help="capture activations at hook points into a store",
-                       description="Run a model over a token source and write the "
-                       "activations at the given hook points to runs/NAME/activations.")
-    h.add_argument("--model", required=True, help="othello, pycode, a TransformerLens "
-                   "pretrained name, or a local model folder")
-    h.add_argument("--hook", action="append", required=True,
-                   help="hook point, e.g. blocks.3.hook_resid_post (repeat for several)")
-    h.add_argument("--tokens", type=int, required=True, help="number of tokens to harvest")
-    h.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    h.add_argument("--source", default=None, help="othello | pycode[:train] | hf:DATASET[:SPLIT]"
-                   " | path to .txt/.jsonl/.parquet (default: the embedded model's corpus)")
-    h.add_argument("--n-ctx", type=int, default=None, help="context length (default: the "
-                   "model's, at most 128)")
-    h.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
-    h.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    h.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
-    h.add_argument("--shard-rows", type=int, default=2**18, help="rows per shard file")
-    h.add_argument("--device", default="cpu")
-    h.add_argument("--force", action="store_true", help="replace output files even when "
-                   "they are not what this command writes (never needed to resume)")
-    h.set_defaults(func=_cmd_harvest)
-
-    i = sub.add_parser("info", help="summarise an activation store or run folder",
-                       description="Print the manifest summary of a store (validating its files).")
-    i.add_argument("path", help="runs/NAME or a store folder")
-    i.set_defaults(func=_cmd_info)
-
-    m = sub.add_parser("model", help="list, train, evaluate the embedded models",
-                       description="list: the embedded models; train NAME: reproduce one from "
-                       "scratch into saes/models/NAME; eval NAME: measure its figures; "
-                       "hooks NAME: list its hook points.")
-    m.add_argument("action", choices=["list", "train", "eval", "hooks"])
-    m.add_argument("name", nargs="?", help="othello or pycode (any loadable model for hooks)")
-    m.add_argument("--steps", type=int, default=None, help="train: override the recipe's steps")
-    m.add_argument("--threads", type=int, default=None, help="train: torch threads")
-    m.add_argument("--write", action="store_true", help="eval: write metrics.json")
-    m.add_argument("--quick", action="store_true", help="eval: a small, fast sample")
-    m.set_defaults(func=_cmd_model)
-
-    d = sub.add_parser("demo", help="the main job on the embedded default",
-                       description="Harvest activations from the embedded othello model, "
-                       "probe them, train and evaluate a TopK SAE, build its feature store, "
-                       "then start the app on the run (its URL is printed; --no-app skips it).")
-    d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    d.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest")
-    d.add_argument("--feature-tokens", type=int, default=30_000,
-                   help="tokens streamed into the demo SAE's feature store (0: none)")
-    d.add_argument("--no-app", action="store_true",
-                   help="do not start the app at the end (for scripted use)")
-    d.add_argument("--port", type=int, default=8501, help="port of the app at the end")
-    d.set_defaults(func=_cmd_demo)
-
-    t = sub.add_parser("train", help="train an SAE on an activation store",
-                       description="Train one SAE (relu, jumprelu, ksparse, topk, batchtopk, "
-                       "matryoshka, hierarchical_topk) on a harvested store; resumes from "
-                       "OUT/checkpoint.pt when it exists. Under torchrun it trains data-"
-                       "parallel over the processes.")
-    t.add_argument("--store", default=None, help="run folder or store (from interp harvest)")
-    t.add_argument("--out", required=True, help="the SAE's folder, e.g. runs/NAME/saes/topk")
-    t.add_argument("--hook", default=None, help="hook in the store (when it holds several)")
-    t.add_argument("--arch", default="topk", help="relu, jumprelu, ksparse, topk (default), "
-                   "batchtopk, matryoshka, hierarchical_topk, or e2e / e2e+ds (end-to-end, "
-                   "from tokens through --model)")
-    t.add_argument("--latents", type=int, default=4096, help="dictionary size d_sae")
-    t.add_argument("--k", type=int, default=32, help="active latents per token (top-k family)")
-    t.add_argument("--batch-size", type=int, default=4096)
-    t.add_argument("--steps", type=int, default=None, help="default: one epoch")
-    t.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(latents/2^14)")
-    t.add_argument("--device", default="cpu",
-                   help="cpu or cuda (under torchrun each process takes its local GPU)")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the SAE's loss (worth it on a GPU, where the sparse "
-                   "ops run as torch code; compiling takes a minute)")
-    t.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="top-k family: dtype of the encoder product x @ W_enc (bfloat16 is "
-                   "about 2x faster where the CPU or GPU has it; loss and gradients stay fp32)")
-    t.add_argument("--eval-rows", type=int, default=8192, help="held-out rows at the store's end")
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="any other SAE setting, e.g. prefixes=[256,1024,4096], l1_coeff=5, "
-                   "tied=true, k_start=128, k_anneal_steps=500 (repeat for several)")
-    t.add_argument("--wandb-project", default=None, help="also log to W&B (when installed)")
-    t.add_argument("--model", default=None, help="e2e: the model to splice the SAE into")
-    t.add_argument("--source", default=None, help="e2e: token source (default: the model's)")
-    t.add_argument("--n-ctx", type=int, default=None, help="e2e: context length")
-    t.add_argument("--e2e-act", default="topk", choices=["topk", "relu"],
-                   help="e2e: the spliced SAE's activation (relu adds an L1 term)")
-    t.add_argument("--ds-coeff", type=float, default=1.0,
-                   help="e2e+ds: weight of the downstream reconstruction terms")
-    t.add_argument("--eval-contexts", type=int, default=None,
-                   help="e2e: held-out contexts for evaluation (default 64)")
-    t.add_argument("--force", action="store_true", help="replace output files even when "
-                   "they are not what this command writes (never needed to resume)")
-    t.set_defaults(func=_cmd_train)
-
-    e = sub.add_parser("eval", help="evaluate a saved SAE",
-                       description="Reconstruction metrics on a store (FVU, MSE, L0, dead and "
-                       "dense latents, density histogram; HierarchicalTopK at every k') and, "
-                       "with the model, CE-loss recovered and KL with the SAE spliced in. "
-                       "Writes eval.json and plotly figures into the SAE's folder.")
-    e.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors)")
-    e.add_argument("--store", default=None, help="activation store for the reconstruction "
-                   "metrics (its last --tokens rows)")
-    e.add_argument("--model", default=None, help="model for the spliced metrics (default: "
-                   "the SAE's own)")
-    e.add_argument("--source", default=None, help="token source for the spliced metrics")
-    e.add_argument("--tokens", type=int, default=50_000)
-    e.add_argument("--contexts", type=int, default=64)
-    e.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
-    e.add_argument("--out", default=None, help="folder for eval.json and the figures "
-                   "(default: the SAE's folder; for a shipped SAE, RUN/evals/NAME of the run "
-                   "given as --store)")
-    e.add_argument("--force", action="store_true", help="replace output files even when "
-                   "they are not what this command writes (never needed to resume)")
-    e.set_defaults(func=_cmd_eval)
-
-    c = sub.add_parser("circuit", help="discover a sparse feature circuit for a task",
-                       description="Splice SAEs into their model, attribute the task metric to "
-                       "latents and error terms (AtP or integrated gradients), connect the "
-                       "retained nodes by edge attribution, prune, and check the circuit by "
-                       "mean ablation (faithfulness, completeness). Writes the graph as JSON "
-                       "and a plotly HTML figure.")
-    c.add_argument("--run", default=None, help="use the SAEs in RUN/saes/ (one per hook)")
-    c.add_argument("--arch", default=None, help="with --run: the SAE folder name to use")
-    c.add_argument("--sae", action="append", default=None,
-                   help="an SAE by registry name (see `interp saes`) or folder; repeatable")
-    c.add_argument("--model", default=None, help="default: the SAEs' model")
-    c.add_argument("--task", required=True, help="othello-legal, othello-flipped, "
-                   "pycode-bracket, pycode-indent, or a JSONL file of prompts")
-    c.add_argument("--prompts", type=int, default=64, help="prompts of a built-in task")
-    c.add_argument("--metric", default="logit_diff",
-                   help="logit_diff, logprob, or feature:SAE:LATENT (that SAE latent's "
-                   "activation at the last position; SAE a registry name or folder)")
-    c.add_argument("--method", default="ig", choices=["atp", "ig"])
-    c.add_argument("--patch", default="counterfactual", choices=["counterfactual", "zero",
-                                                                  "mean"])
-    c.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
-    c.add_argument("--nodes", type=float, default=0.0, help="node threshold on |effect|")
-    c.add_argument("--max-nodes", type=int, default=100)
-    c.add_argument("--edges", type=float, default=0.0, help="edge threshold on |effect|")
-    c.add_argument("--sum-positions", action="store_true",
-                   help="nodes are latents summed over positions (default: one per position)")
-    c.add_argument("--linear", action="store_true",
-                   help="edges with attention patterns and LayerNorm scales frozen")
-    c.add_argument("--curve", type=int_list, default=None,
-                   help="also the faithfulness of the top-n nodes for these n, e.g. 5,10,50")
-    c.add_argument("--ablation", default=None, choices=["counterfactual", "mean"],
-                   help="faithfulness: what nodes outside the circuit are set to (default: "
-                   "counterfactual when the task has counterfactual prompts, else mean)")
-    c.add_argument("--validate", type=int, default=0, metavar="N",
-                   help="also patch the top N nodes one by one (exact) and print the Spearman "
-                   "correlation of the AtP and IG scores with it")
-    c.add_argument("--out", default="circuit.json")
-    c.add_argument("--force", action="store_true", help="replace output files even when "
-                   "they are not what this command writes (never needed to resume)")
-    c.set_defaults(func=_cmd_circuit)
-
-    pr = sub.add_parser("probe", help="k-sparse probes on neurons or SAE latents",
-                        description="Fit k-sparse logistic probes (select k units, then a "
-                        "class-balanced logistic regression) for a property on each source, "
-                        "on the same examples and split; print F1 / accuracy / AUROC per k "
-                        "and write JSON plus an F1-vs-k plotly figure.")
-    pr.add_argument("--task", required=True, help="othello-{empty,mine,theirs,legal,flipped}-SQ, "
-                    "pycode-{in-string,in-comment,keyword,in-brackets,indented,indent-N}, or a "
-                    ".csv/.jsonl of labelled text (with --model)")
-    pr.add_argument("--sweep", default=None, metavar="MODEL/HOOK",
-                    help="also compare every shipped SAE architecture at this hook at equal L0 "
-                    "(e.g. othello/blocks.3.hook_resid_post)")
-    pr.add_argument("--l0", type=float, default=None,
-                    help="--sweep: the L0 to compare at (default: the median there)")
-    pr.add_argument("--l0-tolerance", type=float, default=0.25,
-                    help="--sweep: relative L0 tolerance")
-    pr.add_argument("--source", action="append", default=None,
-                    help="hook:HOOK (its units, e.g. hook:blocks.1.mlp.hook_post) or sae:NAME "
-                    "(a registry name, a folder, or with --run a folder name in RUN/saes); "
-                    "repeat to compare")
-    pr.add_argument("--run", default=None)
-    pr.add_argument("--model", default=None)
-    pr.add_argument("--k", type=int_list,
-                    default=[1, 2, 4, 8, 16, 32, 64])
-    pr.add_argument("--method", default="f_stat",
-                    choices=["mean_diff", "f_stat", "l1", "greedy", "exact"])
-    pr.add_argument("--contexts", type=int, default=256)
-    pr.add_argument("--examples", type=int, default=10_000)
-    pr.add_argument("--out", default="probe.json")
-    pr.add_argument("--force", action="store_true", help="replace output files even when "
-                   "they are not what this command writes (never needed to resume)")
-    pr.set_defaults(func=_cmd_probe)
-
-    ab = sub.add_parser("ablate", help="ablate or steer SAE latents and measure the effect",
-                        description="Ablate SAE latents (zero, mean or resample) or steer one "
-                        "(add alpha times its decoder direction, or clamp it) on a task's "
-                        "prompts or on a prompt; print the change of the next-token loss, of "
-                        "the task metric, and the tokens whose probability moves most.")
-    ab.add_argument("--sae", required=True, help="registry name or SAE folder")
-    ab.add_argument("--latents", required=True, type=int_list,
-                    help="comma-separated latent ids, e.g. 12,40")
-    ab.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"])
-    ab.add_argument("--alpha", type=float, default=None, help="steer: add alpha * W_dec[latent]")
-    ab.add_argument("--clamp", type=float, default=None, help="steer: set the latent to this")
-    ab.add_argument("--task", default=None, help="a circuit task (its prompts and metric)")
-    ab.add_argument("--prompts", type=int, default=32)
-    ab.add_argument("--prompt", default=None, help="or one text prompt")
-    ab.add_argument("--model", default=None)
-    ab.add_argument("--top", type=int, default=5)
-    ab.set_defaults(func=_cmd_ablate)
-
-    fe = sub.add_parser("features", help="build the feature store of an SAE",
-                        description="Stream tokens of the run's source through its model and "
-                        "the SAE, and record for every latent: top activating contexts (a "
-                        "token window with the latent's activation at each token), samples "
-                        "from each interval of its max activation, an activation histogram, "
-                        "firing density, mean and max, logit effects (decoder row through "
-                        "the unembedding) and the tokens it fires on; written to one DuckDB "
-                        "file (default RUN/features/<sae>.duckdb). Query it with "
-                        "interp.features.FeatureStore.")
-    fe.add_argument("--run", default=None, help="run folder (its model and token source); "
-                    "optional for a shipped SAE with --out")
-    fe.add_argument("--sae", required=True, help="SAE folder, shipped SAE name (see `interp "
-                    "saes`), or a folder name under RUN/saes/")
-    fe.add_argument("--tokens", type=int, required=True, help="tokens to stream")
-    fe.add_argument("--top", type=int, default=20, help="top activating examples per latent")
-    fe.add_argument("--window", default="12,4", help="tokens shown before,after the "
-                    "activating token (default 12,4)")
-    fe.add_argument("--batch", type=int, default=64, help="contexts per forward pass")
-    fe.add_argument("--quantile-bins", type=int, default=10,
-                    help="intervals of the max activation to sample from")
-    fe.add_argument("--samples", type=int, default=3, help="samples kept per interval")
-    fe.add_argument("--top-tokens", type=int, default=20,
-                    help="per latent: tokens it fires on most, and logit effects kept")
-    fe.add_argument("--source", default=None, help="token source (default: the run's)")
-    fe.add_argument("--n-ctx", type=int, default=None, help="context length (default: the "
-                    "run's)")
-    fe.add_argument("--seed", type=int, default=0, help="seed of the interval sampling")
-    fe.add_argument("--device", default="cpu")
-    fe.add_argument("--out", default=None, help="the .duckdb file (default "
-                    "RUN/features/<sae>.duckdb)")
-    fe.add_argument("--force", action="store_true", help="replace output files even when "
-                   "they are not what this command writes (never needed to resume)")
-    fe.set_defaults(func=_cmd_features)
-
-    r = sub.add_parser("saes", help="list the SAEs shipped in saes/",
-                       description="List the registry of SAEs this project trained on its "
-                       "embedded models (saes/registry.json) with their headline metrics.")
-    r.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
-    r.set_defaults(func=_cmd_saes)
-
-    a = sub.add_parser("app", help="browse a run folder in the Streamlit app",
-                       description="Start the Streamlit app on a run folder (it only reads).")
-    a.add_argument("run", nargs="?", default="runs/demo", help="run folder (default runs/demo)")
-    a.add_argument("--run", dest="run_option", default=None, help="the run folder, as an option")
-    a.add_argument("--port", type=int, default=8501)
-    a.add_argument("--address", default="localhost",
-                   help="address to serve on (default localhost; 0.0.0.0 for every interface)")
-    a.set_defaults(func=_cmd_app)
+    for add in PARSERS:
+        add(sub)
     return p
 
 
 # checks of a command's flags that run before its output is claimed (nothing written yet)
 BEFORE_WORK = {"train": lambda a: setattr(a, "train_config", _train_config(a)),
                "eval": lambda a: setattr(a, "eval_out", _eval_out(a))}
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Notes of the library (``logging.getLogger("interp...")``) on the command's stdout,
+    as plain lines; sys.stdout is looked up at each line, so redirections apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _notes_to_stdout() -> None:
+    logger = logging.getLogger("interp")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        logger.addHandler(_StdoutHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -693,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     from interp.errors import Interrupted
     from interp.outputs import PLANS, claim
 
+    _notes_to_stdout()
     parser = build_parser()
     try:
         args = parse_args(parser, argv)

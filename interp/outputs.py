@@ -182,13 +182,14 @@ def _probe(a) -> Plan:
 
 
 def _features(a) -> Plan | None:
-    from interp.features.build import default_out, resolve_run, resolve_sae
+    from interp.features.build import default_out
+    from interp.runs import open_run, resolve_sae
 
     if a.out:
         out = Path(a.out)
     elif a.run:  # the default path is the build's rule
-        run_dir, _ = resolve_run(a.run)
-        out = default_out(run_dir, resolve_sae(a.sae, run_dir)[1])
+        run_dir, _ = open_run(a.run)
+        out = default_out(run_dir, resolve_sae(a.sae, run_dir).short_name)
     else:
         return None  # the build refuses: it needs --out or --run
     return _beside(out, "features", feature_store)

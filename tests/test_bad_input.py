@@ -330,6 +330,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("SAE",)),
     ("ablate-foreign-model", f"ablate --sae {PYCODE_SAE} --model othello --latents 1 "
      "--task othello-legal --prompts 4", ("pycode", "othello")),
+    ("ablate-mean-one-prompt", f"ablate --sae {PYCODE_SAE} --latents 1 --mode mean "
+     "--prompt x=1", ("single prompt",)),
     ("ablate-bad-mode", f"ablate --sae {OTHELLO_SAE} --latents 1 --mode half --task x",
      ("--mode",)),
     # ---------------------------------------------------------------- features

@@ -189,3 +189,123 @@ def test_othello_flipped_task_prompts_flip_the_square_and_the_probe_sees_it(spli
     clean = task.metric(spliced.run(task.clean, capture=task.reads))
     patch = task.metric(spliced.run(task.patch, capture=task.reads))
     assert (clean > 0).float().mean() >= 0.6 and (patch < 0).float().mean() >= 0.8
+
+
+# ------------------------------------------------------------------ zero and mean patches, by hand
+def hand_nodes(spliced, task):
+    """The clean TopK codes and errors at HOOK computed the slow way, and the gradient of the
+    mean logit difference with respect to them, from a plain hook that writes
+    ``codes @ W_dec + b_dec + err`` (no splice code involved)."""
+    model, sae = spliced.model, spliced.saes[HOOK]
+    assert sae.cfg.arch == "topk"
+    W, b = sae.W_dec.detach(), sae.b_dec.detach()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean, names_filter=[HOOK])
+        x = cache[HOOK]
+        z = (x - b) @ sae.W_enc.detach() + sae.b_enc.detach()
+        top = z.topk(sae.cfg.k, dim=-1)
+        a0 = torch.zeros_like(z).scatter(-1, top.indices, top.values.relu())
+        e0 = x - (a0 @ W + b)
+    a, e = a0.clone().requires_grad_(True), e0.clone().requires_grad_(True)
+    logits = model.run_with_hooks(task.clean, fwd_hooks=[(HOOK, lambda act, hook: a @ W + b + e)])
+    n = len(task)
+    metric = sum(logits[i, -1, task.answer[i]] - logits[i, -1, task.wrong[i]]
+                 for i in range(n)) / n
+    ga, ge = torch.autograd.grad(metric, [a, e])
+    return a0, e0, ga, ge
+
+
+def hand_patch(kind, a0, e0):
+    """(T, m) and (T, d): zero, or per position the mean over the task's clean prompts (the
+    code's definition)."""
+    if kind == "zero":
+        return torch.zeros_like(a0[0]), torch.zeros_like(e0[0])
+    n = a0.shape[0]
+    return sum(a0[i] for i in range(n)) / n, sum(e0[i] for i in range(n)) / n
+
+
+def test_zero_and_mean_atp_is_grad_times_patch_minus_clean_by_hand(spliced, task):
+    from interp.circuits.attribution import PatchValues
+
+    small = task.subset(4)
+    a0, e0, ga, ge = hand_nodes(spliced, small)
+    clean = spliced.run(small.clean).hooks[HOOK]
+    torch.testing.assert_close(a0, clean.acts, atol=1e-4, rtol=0)
+    n, t = small.clean.shape
+    for kind in ("zero", "mean"):
+        pa, pe = hand_patch(kind, a0, e0)
+        patches = PatchValues(spliced, small, kind)
+        va, ve = patches.values(slice(1, 3))[HOOK]  # a slice of prompts: broadcast values
+        assert va.shape == (2, t, 2048) and ve.shape == (2, t, 128)
+        torch.testing.assert_close(va, pa.expand(2, t, 2048), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ve, pe.expand(2, t, 128), atol=1e-5, rtol=0)
+        # score of latent j at position p: sum over prompts of grad * (patch - clean);
+        # of the error at p: the same summed over the residual's coordinates too
+        hand = torch.zeros(t, 2049)
+        for p in range(t):
+            hand[p, :-1] = (ga[:, p] * (pa[p] - a0[:, p])).sum(0)
+            hand[p, -1] = (ge[:, p] * (pe[p] - e0[:, p])).sum()
+        assert hand.abs().max() > 0.1 and (hand[:, :-1] != 0).sum() > 50
+        for batch_size in (32, 3):  # one batch, and batches of 3 + 1 prompts
+            scores = node_attribution(spliced, small, patch=kind, batch_size=batch_size)[HOOK]
+            torch.testing.assert_close(scores.float(), hand, atol=1e-5, rtol=1e-4)
+        summed = node_attribution(spliced, small, patch=kind, sum_positions=True)[HOOK]
+        torch.testing.assert_close(summed.float(), hand.sum(0), atol=1e-5, rtol=1e-4)
+    # a mean that is not zero: the two patches give different scores
+    zero = node_attribution(spliced, small, patch="zero")[HOOK]
+    mean = node_attribution(spliced, small, patch="mean")[HOOK]
+    assert (zero - mean).abs().max() > 0.1
+
+
+def test_zero_and_mean_atp_equal_patching_for_a_linear_readout(spliced, task):
+    """A readout of the spliced hook is linear in its latents and errors: AtP, exact patching
+    and ``readout . (patch - clean) W_dec`` by hand all agree, node by node (for the mean
+    patch all three are zero: the mean of a linear function is its value at the mean)."""
+    from interp.circuits.tasks import Readout
+
+    small = task.subset(4)
+    sae = spliced.saes[HOOK]
+    readout = Readout.from_sae(sae, 7)
+    feature_task = small.use_readout(readout)
+    a0, e0, _, _ = hand_nodes(spliced, small)
+    last = small.clean.shape[1] - 1
+    w_dec = sae.W_dec.detach()
+    for kind in ("zero", "mean"):
+        pa, pe = hand_patch(kind, a0, e0)
+        pa, pe = pa.expand_as(a0), pe.expand_as(e0)
+        scores = node_attribution(spliced, feature_task, patch=kind)[HOOK]
+        assert (scores[:last] == 0).all()  # earlier positions cannot reach the readout
+        nodes = [nd for nd, _ in top_nodes({HOOK: scores}, 8)] + [Node(HOOK, last, 2048)]
+        hand = []
+        for nd in nodes:
+            if nd.latent == 2048:
+                delta = pe[:, last] - e0[:, last]                            # (n, d)
+            else:
+                delta = (pa[:, last, nd.latent] - a0[:, last, nd.latent])[:, None] \
+                    * w_dec[nd.latent]
+            hand.append(float((delta @ readout.direction).mean()))
+        hand = torch.tensor(hand, dtype=torch.float64)
+        est = torch.tensor([float(scores[nd.pos, nd.latent]) for nd in nodes],
+                           dtype=torch.float64)
+        exact = exact_node_effects(spliced, feature_task, nodes, patch=kind)
+        if kind == "zero":
+            assert hand.abs().max() > 0.02
+        else:  # a linear metric averaged over the prompts whose mean is the patch: no effect
+            assert hand.abs().max() < 1e-5
+        torch.testing.assert_close(est, hand, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(exact, hand, rtol=1e-3, atol=1e-4)
+
+
+def test_zero_and_mean_atp_track_exact_patching_of_single_latents(spliced, task):
+    """With the logit difference (not linear) a single latent's AtP estimate is first order:
+    near the exact effect of patching it, and ranking the nodes alike."""
+    small = task.subset(4)
+    last = small.clean.shape[1] - 1
+    for kind in ("zero", "mean"):
+        scores = node_attribution(spliced, small, patch=kind)[HOOK]
+        latents = scores[last, :-1].abs().topk(12).indices.tolist()
+        nodes = [Node(HOOK, last, j) for j in latents]
+        est = torch.tensor([float(scores[last, j]) for j in latents], dtype=torch.float64)
+        exact = exact_node_effects(spliced, small, nodes, patch=kind)
+        assert spearman(est, exact) > 0.8
+        assert ((est - exact).abs() <= 0.45 * exact.abs() + 0.05).all(), (est, exact)

@@ -35,7 +35,7 @@ def active_latents(model_name: str, sae_spec: str, tokens: tuple, n: int = 8) ->
 @st.cache_data(show_spinner="running the model with and without the intervention")
 def intervene(model_name: str, sae_spec: str, tokens: tuple, latents: tuple, mode: str,
               value: float, answer: int | None, wrong: int | None) -> dict:
-    from interp.ablations import ablate_latents, steer
+    from interp.ablations import intervene as run_intervention
     from interp.circuits.tasks import Task
 
     spliced, hook = spliced_for(model_name, sae_spec)
@@ -44,17 +44,11 @@ def intervene(model_name: str, sae_spec: str, tokens: tuple, latents: tuple, mod
     if answer is not None and wrong is not None:
         task = Task("prompt", toks, None, torch.tensor([answer]), torch.tensor([wrong]),
                     description="logit(answer) - logit(wrong) at the last position")
-    if mode in ("zero", "mean"):
-        ref = corpus_contexts(model_name, 32, toks.shape[1]) if mode == "mean" else None
-        if mode == "mean" and ref is None:
-            raise DataError("mean ablation needs reference text of the model")
-        rep = ablate_latents(spliced, hook, toks, list(latents), mode=mode, reference=ref,
-                             task=task)
-    else:
-        if len(latents) != 1:
-            raise DataError("steer one latent at a time")
-        rep = steer(spliced, hook, toks, latents[0], task=task,
-                    **({"alpha": value} if mode == "alpha" else {"clamp": value}))
+    ref = corpus_contexts(model_name, 32, toks.shape[1]) if mode == "mean" else None
+    if mode == "mean" and ref is None:
+        raise DataError("mean ablation needs reference text of the model")
+    rep = run_intervention(spliced, hook, toks, list(latents), mode,
+                           None if mode in ("zero", "mean") else value, reference=ref, task=task)
     out = asdict(rep)
     out["loss_change"], out["metric_change"] = rep.loss_change, rep.metric_change
     return out

@@ -3,9 +3,10 @@
 All interventions on SAE latents go through ``interp.circuits.splice.SplicedModel`` (the
 error term is kept, so only the chosen latents change the activation):
 
-- ``ablate_latents``: set latents to zero, to their mean over reference tokens, or to their
-  values on other (resampled) inputs;
+- ``ablate_latents``: set latents to zero, to their mean over reference prompts (per
+  position), or to their values on another (resampled) reference prompt;
 - ``steer``: add ``alpha * W_dec[latent]`` to the activation, or clamp a latent to a value;
+- ``intervene``: either of the two above by one mode name (what the CLI and the app call);
 - ``ablate_units``: the same for a hook's own units (neurons), without an SAE;
 - ``ablate_circuit``: mean-ablate everything outside (or inside) a circuit: the circuit
   evaluation's own code (``interp.circuits.faithfulness``);
@@ -85,12 +86,28 @@ def _check_latents(spliced: SplicedModel, hook: str, latents: list[int]) -> None
         raise DataError(f"latents {bad or latents} out of range: the SAE at {hook} has {m}")
 
 
+def _reference(tokens: torch.Tensor, reference: torch.Tensor | None,
+               mode: str) -> torch.Tensor:
+    """The prompts a mean or resample ablation takes its values from: ``reference``, else
+    the prompts themselves (then at least two: one prompt's own values change nothing).
+    Values are taken per position, so the reference prompts are as long as the prompts."""
+    ref = reference if reference is not None else tokens
+    if reference is None and tokens.shape[0] < 2:
+        raise DataError(f"{mode} ablation of a single prompt needs reference prompts (its own "
+                        f"values would change nothing): use a task, or zero ablation")
+    if ref.shape[1] != tokens.shape[1]:
+        raise DataError(f"{mode} ablation takes values per position: the reference prompts "
+                        f"have {ref.shape[1]} tokens, the prompts {tokens.shape[1]}")
+    return ref
+
+
 @torch.no_grad()
 def ablate_latents(spliced: SplicedModel, hook: str, tokens: torch.Tensor, latents: list[int],
                    mode: str = "zero", reference: torch.Tensor | None = None, task=None,
                    positions: list[int] | None = None, seed: int = 0) -> EffectReport:
     """Ablate ``latents`` of the SAE at ``hook`` on ``tokens`` (at ``positions``, default all).
-    ``reference`` tokens give the mean (mode "mean") or the resampled values ("resample")."""
+    ``reference`` prompts (default: the prompts) give, per position, the mean (mode "mean")
+    or the values of a randomly drawn reference prompt ("resample")."""
     if mode not in MODES:
         raise unknown("ablation mode", mode, MODES)
     _check_latents(spliced, hook, latents)
@@ -100,13 +117,11 @@ def ablate_latents(spliced: SplicedModel, hook: str, tokens: torch.Tensor, laten
     if mode == "zero":
         values = None
     else:
-        ref = reference if reference is not None else tokens
+        ref = _reference(tokens, reference, mode)
         ref_acts = spliced.run(ref).hooks[hook].acts[..., idx]    # (R, T, k)
         if mode == "mean":
             values = ref_acts.mean(0, keepdim=True)
         else:
-            if ref_acts.shape[1] != tokens.shape[1]:
-                raise DataError("resampling needs reference prompts as long as the prompts")
             g = torch.Generator().manual_seed(seed)
             values = ref_acts[torch.randint(0, ref_acts.shape[0], (tokens.shape[0],),
                                             generator=g)]
@@ -153,6 +168,26 @@ def steer(spliced: SplicedModel, hook: str, tokens: torch.Tensor, latent: int,
     return report(clean.logits, after.logits, tokens, task)
 
 
+STEERING = ("alpha", "clamp")
+
+
+def intervene(spliced: SplicedModel, hook: str, tokens: torch.Tensor, latents: list[int],
+              mode: str, value: float | None = None, reference: torch.Tensor | None = None,
+              task=None) -> EffectReport:
+    """One experiment on SAE latents, as the CLI and the app name it: ablate ``latents``
+    (``mode`` zero / mean / resample, ``reference`` tokens for the last two) or steer one
+    latent (``mode`` alpha: add ``value`` times its decoder direction; clamp: set it to
+    ``value``)."""
+    if mode in STEERING:
+        if len(latents) != 1:
+            raise DataError(f"steer one latent at a time (got {len(latents)}: {latents})")
+        if value is None:
+            raise DataError(f"steering by {mode} needs a value")
+        return steer(spliced, hook, tokens, latents[0], task=task, **{mode: value})
+    return ablate_latents(spliced, hook, tokens, latents, mode=mode, reference=reference,
+                          task=task)
+
+
 @torch.no_grad()
 def ablate_units(model, hook: str, tokens: torch.Tensor, units: list[int], mode: str = "zero",
                  reference: torch.Tensor | None = None, task=None) -> EffectReport:
@@ -164,7 +199,7 @@ def ablate_units(model, hook: str, tokens: torch.Tensor, units: list[int], mode:
     idx = torch.tensor(units)
     mean = None
     if mode == "mean":
-        _, cache = model.run_with_cache(reference if reference is not None else tokens,
+        _, cache = model.run_with_cache(_reference(tokens, reference, mode),
                                         names_filter=[hook])
         mean = cache[hook][..., idx].mean(0, keepdim=True)
     clean = model(tokens)
@@ -185,10 +220,10 @@ def ablate_circuit(spliced: SplicedModel, task, nodes, complement: bool = False,
     """Mean-ablate everything outside the circuit ``nodes`` (or, with ``complement``, the
     circuit itself); the metric before and after. The circuit evaluation's own code."""
     from interp.circuits.attribution import PatchValues
-    from interp.circuits.faithfulness import _masks, ablated_metric
+    from interp.circuits.faithfulness import node_masks, ablated_metric
 
     means = PatchValues(spliced, task, "mean")
-    masks = _masks(spliced, nodes, task.clean.shape[1], complement=complement)
+    masks = node_masks(spliced, nodes, task.clean.shape[1], complement=complement)
     full = ablated_metric(spliced, task, None, means)
     after = ablated_metric(spliced, task, masks, means, ablate_errors)
     return {"metric_full": full, "metric_after": after, "nodes": len(nodes),
@@ -201,13 +236,13 @@ def shift(spliced: SplicedModel, hook: str, latents: list[int], probe_hook: str,
     """SHIFT-style: train a dense probe for ``dataset``'s property on ``probe_hook``
     activations, then measure its held-out accuracy on activations recomputed with the
     ``latents`` of the SAE at ``hook`` ablated. A drop means the probe relied on them."""
-    from interp.probes.datasets import _example_rows
+    from interp.probes.datasets import example_rows
     from interp.probes.sparse import fit_logistic, metrics, train_test_split
 
     _check_latents(spliced, hook, latents)
     if probe_hook not in spliced.model.hook_dict:
         raise unknown("hook", probe_hook, list(spliced.model.hook_dict))
-    rows = _example_rows(dataset, max_examples, seed)
+    rows = example_rows(dataset, max_examples, seed)
     y = dataset.labels[rows[:, 0], rows[:, 1]]
     idx = torch.tensor(latents)
     clean = spliced.run(dataset.tokens)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from interp.hooks import default_n_ctx, hook_widths, stop_layer, validate_hooks
 from interp.version import code_version
 
 STORE_SUBDIR = "activations"
+log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
 
 
 @dataclass
@@ -97,13 +99,13 @@ def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> Activation
     writer = StoreWriter(path, plan.widths, plan.n_ctx, plan.positions, cfg.dtype,
                          cfg.shard_rows, plan.meta, expected_contexts=plan.n_contexts)
     if writer.contexts_done:
-        print(f"resuming the harvest in {path} after {writer.contexts_done} contexts")
+        log.info(f"resuming the harvest in {path} after {writer.contexts_done} contexts")
     _harvest_range(plan, writer, 0, plan.n_contexts, progress, desc="harvest")
     if writer.contexts_written == 0:
         raise DataError(f"empty dataset: the token source {plan.source.describe()} gave no "
                         f"context of {plan.n_ctx} tokens")
     if writer.contexts_written < plan.n_contexts:
-        print(f"note: the source ran out after {writer.contexts_written} contexts "
+        log.warning(f"note: the source ran out after {writer.contexts_written} contexts "
               f"({plan.n_contexts} requested)")
     writer.close()
     _update_run_json(Path(cfg.out), path, cfg, plan.source.describe())
@@ -140,7 +142,7 @@ class _Plan:
         positions = list(range(1 if cfg.skip_bos else 0, n_ctx))
         widths = hook_widths(model, cfg.hooks, n_ctx)
         n_contexts = math.ceil(cfg.n_tokens / len(positions))
-        meta = {"model": cfg.model, "model_meta": _model_meta(model),
+        meta = {"model": cfg.model, "model_meta": model_meta(model),
                 "source": source.describe(), "n_contexts_requested": n_contexts,
                 "harvest_config": asdict(cfg)}
         meta["harvest_config"].pop("out")
@@ -214,7 +216,7 @@ def _check_same_settings(prints: list[dict]) -> None:
 def _prepare_parallel(path: Path, plan: _Plan, world_size: int, nonce: str) -> None:
     """Rank 0: start (or take up again) a parallel harvest in ``path``; its manifest says
     so (readers refuse the store until the merge) and records the settings to resume."""
-    from interp.activations.store import (MANIFEST, _atomic_write_json, _parallel_world,
+    from interp.activations.store import (MANIFEST, atomic_write_json, parallel_world,
                                           read_manifest)
 
     mpath = path / MANIFEST
@@ -224,7 +226,7 @@ def _prepare_parallel(path: Path, plan: _Plan, world_size: int, nonce: str) -> N
         if old.get("complete"):
             raise DataError(f"{path} already holds a complete store; choose another --out or "
                             f"delete it")
-        n = _parallel_world(old, mpath)
+        n = parallel_world(old, mpath)
         if n is None:
             raise DataError(f"{path} holds an unfinished single-process harvest; resume it with "
                             f"the same command without torchrun, or delete it")
@@ -240,11 +242,11 @@ def _prepare_parallel(path: Path, plan: _Plan, world_size: int, nonce: str) -> N
             raise DataError(f"cannot resume the unfinished parallel harvest at {path}: its "
                             f"{', '.join(diff)} differ from this run's; use the same settings "
                             f"or delete it")
-        print(f"resuming the parallel harvest in {path}")
+        log.info(f"resuming the parallel harvest in {path}")
     path.mkdir(parents=True, exist_ok=True)
     stub = {"format_version": 1, "complete": False, "shards": [],
             "parallel": {"world_size": world_size, "nonce": nonce}, **plan.meta}
-    _atomic_write_json(mpath, stub)
+    atomic_write_json(mpath, stub)
 
 
 def _check_shared(path: Path, nonce: str, rank: int) -> None:
@@ -283,7 +285,7 @@ def _harvest_parallel(cfg: HarvestConfig, plan: _Plan, w, progress: bool) -> Act
                              cfg.shard_rows, plan.meta, expected_contexts=max(1, stop - start),
                              part=part)
         if writer.contexts_done:
-            print(f"rank {w.rank}: resuming after {writer.contexts_done} contexts")
+            log.info(f"rank {w.rank}: resuming after {writer.contexts_done} contexts")
         _harvest_range(plan, writer, start, stop, progress and w.main,
                        desc=f"harvest (rank 0 of {w.size}, its share)")
         writer.close()
@@ -292,7 +294,7 @@ def _harvest_parallel(cfg: HarvestConfig, plan: _Plan, w, progress: bool) -> Act
     written = w.gather(w.collective(work))
     total = sum(written)
     if w.main and total < n:
-        print(f"note: the source ran out after {total} contexts ({n} requested)")
+        log.warning(f"note: the source ran out after {total} contexts ({n} requested)")
     w.collective(lambda: merge_parts(path, w.size), ranks="main")
     if w.main:
         _update_run_json(Path(cfg.out), path, cfg, plan.source.describe())
@@ -300,7 +302,7 @@ def _harvest_parallel(cfg: HarvestConfig, plan: _Plan, w, progress: bool) -> Act
     return ActivationStore(path)
 
 
-def _model_meta(model) -> dict:
+def model_meta(model) -> dict:
     meta = dict(getattr(model, "interp_meta", {}) or {})
     keep = {"name", "source", "description", "corpus", "train_steps"}
     out = {k: v for k, v in meta.items() if k in keep}

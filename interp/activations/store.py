@@ -57,7 +57,7 @@ def hook_dir_name(hook: str) -> str:
     return hook.replace("/", "_")
 
 
-def _atomic_write_json(path: Path, data: dict) -> None:
+def atomic_write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -111,7 +111,7 @@ def read_manifest(path: Path) -> dict:
     return m
 
 
-def _parallel_world(m: dict, mpath: Path) -> int | None:
+def parallel_world(m: dict, mpath: Path) -> int | None:
     """The process count of an unfinished parallel harvest's manifest (None: not one)."""
     par = m.get("parallel")
     if not par:
@@ -272,7 +272,7 @@ class StoreWriter:
                                 f"--out or delete it")
             if not resume:
                 raise DataError(f"{self.path} holds an unfinished store; resume it or delete it")
-            n = _parallel_world(old, existing)
+            n = parallel_world(old, existing)
             if part is None and n is not None:
                 raise DataError(f"{self.path} holds an unfinished harvest over {n} processes; "
                                 f"resume it with the same command under `torchrun "
@@ -293,7 +293,7 @@ class StoreWriter:
         self._shard: dict[str, np.ndarray] = {}   # "tokens" and each hook: open memmaps
         self._capacity = 0                        # contexts the open shard holds
         self._filled = 0                          # contexts written into it
-        _atomic_write_json(existing, self.manifest)
+        atomic_write_json(existing, self.manifest)
 
     @property
     def contexts_done(self) -> int:
@@ -387,7 +387,7 @@ class StoreWriter:
         self._shard = {}  # drops the memmaps; the data stays in the page cache / on disk
         self.manifest["shards"].append({"file": name, "contexts": n, "rows": n * P})
         self._filled = self._capacity = 0
-        _atomic_write_json(self.manifest_path, self.manifest)
+        atomic_write_json(self.manifest_path, self.manifest)
 
     def close(self, extra: dict | None = None) -> Path:
         if self._filled:
@@ -403,7 +403,7 @@ class StoreWriter:
         self.manifest["n_contexts"] = self.contexts_done
         self.manifest["n_tokens"] = self.contexts_done * len(self.positions)
         self.manifest.update(extra or {})
-        _atomic_write_json(self.manifest_path, self.manifest)
+        atomic_write_json(self.manifest_path, self.manifest)
         return self.path
 
 
@@ -444,7 +444,7 @@ def merge_parts(path: Path | str, world_size: int, extra: dict | None = None) ->
                             "parts": [{**m["part"], "contexts": m["n_contexts"],
                                        "shards": len(m["shards"])} for m in parts]},
                   **(extra or {}))
-    _atomic_write_json(path / MANIFEST, merged)
+    atomic_write_json(path / MANIFEST, merged)
     for r in range(world_size):
         part_manifest_path(path, r, world_size).unlink(missing_ok=True)
     try:
@@ -478,7 +478,7 @@ class ActivationStore:
         if self.manifest.get("complete") is not True:
             shards = self.manifest.get("shards")
             done = len(shards) if isinstance(shards, list) else 0
-            n = _parallel_world(self.manifest, mpath)
+            n = parallel_world(self.manifest, mpath)
             if n is not None:
                 raise IncompleteStoreError(
                     f"the store at {self.path} is incomplete: its harvest over {n} processes "

@@ -49,7 +49,7 @@ class Node:
         return slice(None) if self.position == ALL_POSITIONS else self.position
 
 
-def _batches(n: int, batch_size: int) -> Iterable[slice]:
+def row_batches(n: int, batch_size: int) -> Iterable[slice]:
     for i in range(0, n, batch_size):
         yield slice(i, min(n, i + batch_size))
 
@@ -68,7 +68,7 @@ class PatchValues:
         if patch == "mean":
             sums: dict[str, list[torch.Tensor]] = {}
             with torch.no_grad():
-                for rows in _batches(len(task), 64):
+                for rows in row_batches(len(task), 64):
                     res = spliced.run(task.clean[rows])
                     for h, st in res.hooks.items():
                         s = [st.acts.sum(0), st.err.sum(0)]
@@ -109,7 +109,7 @@ def node_attribution(spliced: SplicedModel, task: Task, method: str = "atp",
     n, t = task.clean.shape
     patches = PatchValues(spliced, task, patch)
     scores = _empty_scores(spliced, t)
-    for rows in _batches(n, batch_size):
+    for rows in row_batches(n, batch_size):
         patch_vals = patches.values(rows)
         if method == "atp":
             res = spliced.run(task.clean[rows], track_grads=True, capture=task.reads)
@@ -153,7 +153,7 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
     n = len(task)
     patches = PatchValues(spliced, task, patch)
     effects = torch.zeros(len(nodes), dtype=torch.float64)
-    for rows in _batches(n, batch_size):
+    for rows in row_batches(n, batch_size):
         base = task.metric(spliced.run(task.clean[rows], capture=task.reads), rows).sum()
         patch_vals = patches.values(rows)
         for i, node in enumerate(nodes):
@@ -232,7 +232,7 @@ def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
     weights: dict[tuple[Node, Node | str], float] = {}
     node_scores: dict[Node, float] = {n: 0.0 for n in nodes}
     hooks = spliced.hooks
-    for rows in _batches(n_prompts, batch_size):
+    for rows in row_batches(n_prompts, batch_size):
         res = spliced.run(task.clean[rows], graph=True, linear=linear, capture=task.reads)
         metric = task.metric(res, rows).sum() / n_prompts
         states = res.hooks

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -33,27 +32,16 @@ class CircuitConfig:
 def saes_for(names: list[str]) -> dict:
     """{hook: SAE} from registry names or SAE folders (the hook from each SAE's metadata)."""
     from interp.hooks import sae_hook
-    from interp.sae.release import load_named
+    from interp.runs import resolve_sae
 
     out = {}
     for name in names:
-        sae, _ = load_named(name)
+        sae = resolve_sae(name).sae
         hook = sae_hook(sae, name)
         if hook in out:
             raise DataError(f"two SAEs for {hook}: splice one SAE per hook")
         out[hook] = sae
     return out
-
-
-def run_saes(run: str | Path, arch: str | None = None) -> list[str]:
-    """The SAE folders of a run (``RUN/saes/*``), one per hook (``arch`` picks among several)."""
-    folders = sorted(p.parent for p in Path(run).glob("saes/*/cfg.json"))
-    if arch:
-        folders = [f for f in folders if f.name == arch]
-    if not folders:
-        raise DataError(f"no SAEs under {run}/saes/" + (f" named {arch!r}" if arch else "")
-                        + "; train one with `interp train` or name SAEs with --sae")
-    return [str(f) for f in folders]
 
 
 def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None) -> dict:
@@ -106,4 +94,4 @@ def _mean_activations(spliced: SplicedModel, task: Task, nodes) -> dict:
     return out
 
 
-__all__ = ["CircuitConfig", "discover", "saes_for", "run_saes", "OUTPUT"]
+__all__ = ["CircuitConfig", "discover", "saes_for", "OUTPUT"]

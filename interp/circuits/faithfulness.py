@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from interp.circuits.attribution import Node, PatchValues, _batches
+from interp.circuits.attribution import Node, PatchValues, row_batches
 from interp.circuits.splice import SplicedModel
 from interp.circuits.tasks import Task
 
@@ -30,7 +30,7 @@ from interp.circuits.tasks import Task
 GAP_TOLERANCE = 1e-5
 
 
-def _masks(spliced: SplicedModel, nodes, t: int, complement: bool = False
+def node_masks(spliced: SplicedModel, nodes, t: int, complement: bool = False
            ) -> dict[str, torch.Tensor]:
     """Per hook, a bool (T, m + 1) mask of the nodes kept (column m: the error node)."""
     masks = {h: torch.zeros(t, spliced.saes[h].cfg.d_sae + 1, dtype=torch.bool)
@@ -48,7 +48,7 @@ def ablated_metric(spliced: SplicedModel, task: Task, masks: dict[str, torch.Ten
                    batch_size: int = 64) -> float:
     """The mean metric with every node outside ``masks`` ablated to ``values`` (None: none)."""
     total = 0.0
-    for rows in _batches(len(task), batch_size):
+    for rows in row_batches(len(task), batch_size):
         interventions = {}
         if masks is not None:
             patch = values.values(rows)
@@ -82,11 +82,11 @@ def faithfulness(spliced: SplicedModel, task: Task, nodes: list[Node],
     t = task.clean.shape[1]
     if baselines is None:
         baselines = (ablated_metric(spliced, task, None, values),
-                     ablated_metric(spliced, task, _masks(spliced, [], t), values,
+                     ablated_metric(spliced, task, node_masks(spliced, [], t), values,
                                     ablate_errors))
     m_full, m_empty = baselines
-    m_c = ablated_metric(spliced, task, _masks(spliced, nodes, t), values, ablate_errors)
-    m_rest = ablated_metric(spliced, task, _masks(spliced, nodes, t, complement=True), values,
+    m_c = ablated_metric(spliced, task, node_masks(spliced, nodes, t), values, ablate_errors)
+    m_rest = ablated_metric(spliced, task, node_masks(spliced, nodes, t, complement=True), values,
                             ablate_errors)
     note = no_gap_note(m_full, m_empty, ablation)
     if note is None:
@@ -127,6 +127,6 @@ def faithfulness_curve(spliced: SplicedModel, task: Task, ranked: list[Node],
     values = PatchValues(spliced, task, ablation)
     t = task.clean.shape[1]
     base = (ablated_metric(spliced, task, None, values),
-            ablated_metric(spliced, task, _masks(spliced, [], t), values, ablate_errors))
+            ablated_metric(spliced, task, node_masks(spliced, [], t), values, ablate_errors))
     return [faithfulness(spliced, task, ranked[:n], ablate_errors, ablation, values, base)
             for n in sizes]

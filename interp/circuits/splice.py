@@ -109,6 +109,9 @@ class SplicedModel:
         backward pass, which makes the model between hooks linear where it has no MLP.
         ``capture`` names hooks (at or after the last spliced one) whose output is kept in
         ``result.captured``, differentiably: metrics that read a feature rather than logits.
+
+        One function of ~70 lines on purpose: the hook closures share this call's state
+        (the result, the interventions, the mode), and the modes are read best side by side.
         """
         interventions = dict(interventions or {})
         bad = sorted(set(interventions) - set(self.saes))

@@ -403,7 +403,7 @@ def load_task_jsonl(path: str | Path, model, metric: str = "logit_diff") -> Task
     numbered = read_task_jsonl(path)  # the file first: its problems do not depend on the model
     if model is None or getattr(model, "tokenizer", None) is None:
         name = getattr(model, "interp_meta", {}).get("name") if model is not None else None
-        raise DataError(f"a JSONL task needs a model with a tokenizer"
+        raise DataError("a JSONL task needs a model with a tokenizer"
                         + (f"; {name} has none (its tasks are the built-in ones: "
                            f"{', '.join(t for t, (m, _) in BUILTIN.items() if m == name)})"
                            if name else ""))

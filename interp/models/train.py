@@ -13,9 +13,11 @@ Deterministic given the recipe's seed: batch ``step`` is drawn from a generator 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,10 @@ from tqdm.auto import tqdm
 
 from interp.data import othello as oth
 from interp.data import pycode
+from interp.errors import unknown
 from interp.models.zoo import REPO_ROOT, ZOO, ZooSpec, model_dir
+
+log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
 
 
 class Batches:
@@ -101,6 +106,24 @@ def _save_checkpoint(path: Path, model, opt, step: int) -> None:
     os.replace(tmp, path)
 
 
+def _resume(ckpt_path: Path, model, opt, name: str) -> int:
+    """The step a killed training run stopped at (its checkpoint loaded), else 0."""
+    if not ckpt_path.exists():
+        return 0
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    log.info(f"resuming {name} from step {state['step']} ({ckpt_path})")
+    return int(state["step"])
+
+
+def _corpus_meta(batches) -> dict:
+    """What pycode was trained on: the interpreter's standard library, by digest."""
+    files = pycode.corpus_files()
+    return {"python_version": pycode.python_version(), "n_files": len(files),
+            "digest": pycode.corpus_digest(files), "train_tokens": int(len(batches.stream))}
+
+
 def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None = None,
                    steps: int | None = None, threads: int | None = None,
                    evaluate: bool = True) -> Path:
@@ -109,10 +132,9 @@ def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None
     from interp.models.io import save_zoo_model
 
     if name not in ZOO:
-        raise ValueError(f"unknown embedded model {name!r}; valid: {sorted(ZOO)}")
+        raise unknown("embedded model", name, sorted(ZOO))
     spec = ZOO[name]
     if steps is not None:
-        from dataclasses import replace
         spec = replace(spec, recipe=replace(spec.recipe, steps=steps))
     if threads:
         torch.set_num_threads(threads)
@@ -124,15 +146,9 @@ def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None
     opt = torch.optim.AdamW(model.parameters(), lr=spec.recipe.lr, betas=(0.9, 0.99),
                             weight_decay=spec.recipe.weight_decay)
     ckpt_path = work / "checkpoint.pt"
-    start = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        print(f"resuming {name} from step {start} ({ckpt_path})")
+    start = _resume(ckpt_path, model, opt, name)
     batches = Batches(spec, work, out_dir)
-    log = open(work / "train_log.jsonl", "a")
+    log_file = open(work / "train_log.jsonl", "a")
     t0 = time.time()
     total = spec.recipe.total_steps
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {name}")
@@ -152,20 +168,17 @@ def train_embedded(name: str, out_dir: Path | None = None, work_dir: Path | None
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}")
         if (step + 1) % 50 == 0:
-            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "loss_ema": ema,
+            log_file.write(json.dumps({"step": step + 1, "loss": loss.item(), "loss_ema": ema,
                                   "lr": lr_at(step, spec),
                                   "elapsed_s": time.time() - t0}) + "\n")
-            log.flush()
+            log_file.flush()
         if (step + 1) % spec.recipe.checkpoint_every == 0 or step + 1 in (spec.recipe.steps, total):
             _save_checkpoint(ckpt_path, model, opt, step + 1)
-    log.close()
+    log_file.close()
     meta = {"train_steps": total, "train_seconds_this_run": time.time() - t0,
             "recipe": spec.to_dict()}
     if name == "pycode":
-        files = pycode.corpus_files()
-        meta["corpus"] = {"python_version": pycode.python_version(),
-                          "n_files": len(files), "digest": pycode.corpus_digest(files),
-                          "train_tokens": int(len(batches.stream))}
+        meta["corpus"] = _corpus_meta(batches)
     save_zoo_model(model, spec, out_dir, meta)
     if evaluate:
         from interp.models.evaluate import evaluate_embedded

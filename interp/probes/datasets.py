@@ -324,7 +324,7 @@ def probe_features(model, ds: ProbeDataset, source: str, saes: dict | None = Non
         hook = name
     if hook not in model.hook_dict:
         raise unknown("hook", hook, list(model.hook_dict))
-    rows = _example_rows(ds, max_examples, seed)
+    rows = example_rows(ds, max_examples, seed)
     feats, ys = [], []
     for i in range(0, ds.tokens.shape[0], batch_size):
         _, cache = model.run_with_cache(ds.tokens[i:i + batch_size], names_filter=[hook])
@@ -355,7 +355,7 @@ def probe_features(model, ds: ProbeDataset, source: str, saes: dict | None = Non
     return x, y, info
 
 
-def _example_rows(ds: ProbeDataset, max_examples: int, seed: int) -> torch.Tensor:
+def example_rows(ds: ProbeDataset, max_examples: int, seed: int) -> torch.Tensor:
     """(N, 2) (context, position) of labelled tokens: all positives up to half the budget,
     negatives filling the rest, sorted."""
     if ds.per_sequence:

@@ -70,16 +70,10 @@ def read_json(path: Path) -> dict | None:
 
 
 def run_meta(run: str | Path) -> dict:
-    """``run.json`` (empty when absent), with ``model`` filled from the activation store's
-    manifest when run.json lacks it."""
-    run = Path(run)
-    meta = read_json(run / "run.json") or {}
-    if not meta.get("model"):
-        manifest = read_json(run / "activations" / "manifest.json") or {}
-        model = (manifest.get("meta") or {}).get("model") or manifest.get("model")
-        if model:
-            meta["model"] = model
-    return meta
+    """``run.json`` (see ``interp.runs.read_run_json``)."""
+    from interp.runs import read_run_json
+
+    return read_run_json(run)
 
 
 def _metrics(folder: Path) -> dict:
@@ -114,10 +108,11 @@ def sae_folder_info(folder: Path, name: str, source: str) -> SAEInfo:
 
 def run_saes(run: str | Path) -> list[SAEInfo]:
     """The SAEs trained in the run (``RUN/saes/**/cfg.json``)."""
+    from interp.runs import run_sae_folders
+
     run = Path(run)
     out = []
-    for cfg in sorted(run.glob("saes/**/cfg.json")):
-        folder = cfg.parent
+    for folder in run_sae_folders(run):
         out.append(sae_folder_info(folder, "/".join(folder.relative_to(run / "saes").parts),
                                    "run"))
     return out
