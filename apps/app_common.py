@@ -92,7 +92,7 @@ def feature_store(path: str):
 
 @st.cache_resource
 def activation_store(path: str):
-    from interp.activations.harvest import open_store
+    from interp.activations.store import open_store
 
     return open_store(path)
 

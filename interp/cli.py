@@ -54,7 +54,7 @@ def _harvest_parser(sub) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from interp.activations.harvest import open_store
+    from interp.activations.store import open_store
 
     store = open_store(args.path)
     print(json.dumps(store.summary(), indent=2))

@@ -217,7 +217,7 @@ def eval_folder(sae: str, out: str | None, store: str | None) -> Path | None:
         return Path(out)
     folder = Path(sae)
     if not folder.is_dir():  # a registry name
-        from interp.sae.release import registry
+        from interp.runs import registry
 
         entry = registry().get(sae)
         folder = REPO_ROOT / entry["folder"] if entry else folder

@@ -20,8 +20,34 @@ from pathlib import Path
 
 from interp.errors import CorruptArtifactError, DataError, UnknownNameError, unknown
 
+from interp.models.zoo import REPO_ROOT
+
 RUN_JSON = "run.json"
 SAES_SUBDIR = "saes"
+SAES_DIR = REPO_ROOT / "saes"            # the shipped SAEs ...
+REGISTRY = SAES_DIR / "registry.json"    # ... and their names (``interp saes``)
+
+
+def registry() -> dict:
+    """The shipped SAEs: registry name -> folder, model, hook, arch, headline metrics."""
+    if not REGISTRY.exists():
+        return {}
+    return json.loads(REGISTRY.read_text())
+
+
+def list_saes() -> list[str]:
+    return sorted(registry())
+
+
+def load_pretrained(name: str, device: str = "cpu"):
+    """A shipped SAE by registry name, e.g. ``othello/blocks.3.hook_resid_post/topk``, like
+    SAELens's ``SAE.from_pretrained`` for hub releases."""
+    from interp.sae.io import load_sae
+
+    reg = registry()
+    if name not in reg:
+        raise unknown("shipped SAE", name, list(reg))
+    return load_sae(REPO_ROOT / reg[name]["folder"], device)
 
 
 def read_run_json(run: str | Path) -> dict:
@@ -89,9 +115,7 @@ class Resolved:
 def resolve_sae(spec: str | Path, run: str | Path | None = None,
                 device: str = "cpu") -> Resolved:
     """The dictionary named ``spec`` (see the module docstring)."""
-    from interp.models.zoo import REPO_ROOT
     from interp.sae.io import load_sae
-    from interp.sae.release import registry
 
     reg = registry()
     run_dir = Path(run) if run is not None else None

@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.activations.store import DTYPES, ActivationStore, StoreWriter
+# open_store: the harvest's reader, importable beside it
+from interp.activations.store import open_store  # noqa: F401
+from interp.activations.store import DTYPES, STORE_SUBDIR, ActivationStore, StoreWriter, store_path
 from interp.data.sources import default_source  # noqa: F401  (re-exported: its old home)
 from interp.errors import DataError, Interrupted, unknown
 from interp.hooks import default_n_ctx, hook_widths, stop_layer, validate_hooks
 from interp.version import code_version
 
-STORE_SUBDIR = "activations"
 log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
 
 
@@ -65,18 +66,6 @@ class HarvestConfig:
             raise DataError(f"--n-ctx must be at least 2 (BOS and one token), got {self.n_ctx!r}")
         if self.dtype not in DTYPES:
             raise unknown("--dtype", str(self.dtype), DTYPES)
-
-
-def store_path(out: str | Path) -> Path:
-    """A run folder holds its store in ``activations/``; a store folder is itself."""
-    out = Path(out)
-    if (out / "manifest.json").exists():
-        return out
-    return out / STORE_SUBDIR
-
-
-def open_store(path: str | Path) -> ActivationStore:
-    return ActivationStore(store_path(path))
 
 
 def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> ActivationStore:

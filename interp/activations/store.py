@@ -729,3 +729,19 @@ class ActivationStore:
                 "n_contexts": self.n_contexts, "n_ctx": self.n_ctx,
                 "positions_per_context": len(self.positions), "n_rows": self.n_rows,
                 "shards": len(self._shards), "source": m.get("source")}
+
+
+STORE_SUBDIR = "activations"  # a run folder's store
+
+
+def store_path(out: str | Path) -> Path:
+    """A run folder holds its store in ``activations/``; a store folder is itself."""
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        return out
+    return out / STORE_SUBDIR
+
+
+def open_store(path: str | Path) -> ActivationStore:
+    """The store of a run folder, or a store folder itself."""
+    return ActivationStore(store_path(path))

@@ -205,6 +205,15 @@ class Edge:
     weight: float
 
 
+def _check_nodes(spliced: SplicedModel, nodes: list[Node]) -> None:
+    if not nodes:
+        raise DataError("no nodes to connect: give the retained nodes (e.g. from top_nodes)")
+    unknown_hooks = sorted({n.hook for n in nodes} - set(spliced.hooks))
+    if unknown_hooks:
+        raise DataError(f"nodes at {unknown_hooks}, where no SAE is spliced; spliced: "
+                        f"{spliced.hooks}")
+
+
 def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
                      patch: str = "counterfactual", linear: bool = False,
                      batch_size: int = 32) -> tuple[list[Edge], dict[Node, float]]:
@@ -220,12 +229,7 @@ def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
     of it add up to its AtP node score (returned too, per node). ``linear`` freezes
     attention patterns and LayerNorm scales in the Jacobians.
     """
-    if not nodes:
-        raise DataError("no nodes to connect: give the retained nodes (e.g. from top_nodes)")
-    unknown_hooks = sorted({n.hook for n in nodes} - set(spliced.hooks))
-    if unknown_hooks:
-        raise DataError(f"nodes at {unknown_hooks}, where no SAE is spliced; spliced: "
-                        f"{spliced.hooks}")
+    _check_nodes(spliced, nodes)
     by_hook: dict[str, list[Node]] = {h: [n for n in nodes if n.hook == h] for h in spliced.hooks}
     n_prompts = len(task)
     patches = PatchValues(spliced, task, patch)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.errors import DataError
+
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
                            "__pycache__"})
 BOS_TOKEN, EOT_TOKEN, PAD_TOKEN = "<|bos|>", "<|endoftext|>", "<|pad|>"
@@ -52,7 +54,7 @@ class SourceFile:
 def corpus_files(split: str | None = None, root: Path | None = None) -> list[SourceFile]:
     """The corpus files, sorted; ``split`` is None (all), "train" or "test"."""
     if split not in (None, "train", "test"):
-        raise ValueError(f"unknown split {split!r}; valid splits: 'train', 'test' or None")
+        raise DataError(f"unknown split {split!r}; valid splits: 'train', 'test' or None")
     root = root or stdlib_root()
     files = []
     for path in root.rglob("*.py"):

@@ -113,10 +113,6 @@ def _load_pretrained(name: str, device, **kwargs):
     return model
 
 
-def hook_names(model) -> list[str]:
-    return list(model.hook_dict)
-
-
 
 def token_strings(name: str, ids) -> list[str]:
     """Readable strings of token ``ids`` of model ``name``, without loading its weights.

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from interp.data import othello as oth
+from interp.errors import unknown
 from interp.models.zoo import model_dir
 
 # Evaluation games use seeds no training batch uses (training: (0, step)).
@@ -169,7 +170,7 @@ def evaluate_embedded(name: str, write: bool = False, quick: bool = False) -> di
     elif name == "pycode":
         res = pycode_heldout_loss(model, max_contexts=100 if quick else None)
     else:
-        raise ValueError(f"no evaluation for {name!r}; valid: othello, pycode")
+        raise unknown("embedded model to evaluate", name, ["othello", "pycode"])
     if write:
         path = Path(model_dir(name)) / "metrics.json"
         path.write_text(json.dumps(res, indent=2) + "\n")

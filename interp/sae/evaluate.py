@@ -157,7 +157,7 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
       (zero and mean ablation) and KL of the model with the SAE spliced in, on
       ``contexts`` held-out contexts.
     """
-    from interp.activations.harvest import open_store
+    from interp.activations.store import open_store
     from interp.provenance import check_dictionary
     from interp.runs import resolve_sae
     from interp.viz.sae import density_histogram, fvu_by_k, training_curves

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from interp.errors import unknown
 from interp.models.zoo import REPO_ROOT
+# the registry is read where names resolve (interp.runs); importable from here as before
+from interp.runs import REGISTRY, SAES_DIR, list_saes, load_pretrained, registry
 
-SAES_DIR = REPO_ROOT / "saes"
-REGISTRY = SAES_DIR / "registry.json"
+__all__ = ["REGISTRY", "SAES_DIR", "RELEASE", "ReleaseSpec", "build", "entry_architecture",
+           "list_saes", "load_pretrained", "registry"]
 
 log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
 
@@ -66,16 +68,6 @@ RELEASE: list[ReleaseSpec] = [
 ]
 
 
-def registry() -> dict:
-    if not REGISTRY.exists():
-        return {}
-    return json.loads(REGISTRY.read_text())
-
-
-def list_saes() -> list[str]:
-    return sorted(registry())
-
-
 def entry_architecture(entry: dict):
     """The SAE architecture (``interp.sae.core.Architecture``) of a registry entry, whose
     ``arch`` names the training as ``interp train --arch`` does (e2e: a topk SAE)."""
@@ -83,16 +75,6 @@ def entry_architecture(entry: dict):
     from interp.sae.trainer import objective_and_arch
 
     return architecture(objective_and_arch(entry["arch"])[1])
-
-
-def load_pretrained(name: str, device: str = "cpu"):
-    """A shipped SAE by registry name, e.g. ``othello/blocks.3.hook_resid_post/topk``."""
-    from interp.sae.io import load_sae
-
-    reg = registry()
-    if name not in reg:
-        raise unknown("shipped SAE", name, list(reg))
-    return load_sae(REPO_ROOT / reg[name]["folder"], device)
 
 
 def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
@@ -159,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     specs = [s for s in RELEASE if not args.only or s.name in args.only]
     if args.only and len(specs) != len(args.only):
         missing = sorted(set(args.only) - {s.name for s in RELEASE})
-        raise SystemExit(f"unknown release names {missing}; valid: "
-                         f"{[s.name for s in RELEASE]}")
+        raise unknown("release name", missing[0], [s.name for s in RELEASE])
     for spec in specs:
         entry = build(spec, Path(args.work), force=args.force)
         print(f"{spec.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items()

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from interp.activations.harvest import open_store
+from interp.activations.store import open_store
 from interp.data.sources import batches as token_batches
 from interp.data.sources import check_fits, default_source, make_source
 from interp.distributed import rank_device, world

@@ -7,7 +7,6 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from interp.viz.sae import density_histogram
 
 
 def feature_histogram(page: dict, title: str | None = None) -> go.Figure:
@@ -68,8 +67,3 @@ def example_html(example: dict, max_act: float | None = None, sep: str = "") -> 
             style += ";outline:1px solid #333;font-weight:bold"
         out.append(f'<span title="{a:.3f}" style="{style}">{text}</span>')
     return f'<code>{sep.join(out)}</code>'
-
-
-def density_summary(summary: dict, title: str = "") -> go.Figure:
-    """Histogram of log10 density over all latents of a store (``FeatureStore.summary()``)."""
-    return density_histogram(summary["density"], title)

@@ -121,7 +121,7 @@ def run_saes(run: str | Path) -> list[SAEInfo]:
 def shipped_saes(model: str | None = None) -> list[SAEInfo]:
     """The SAEs in ``saes/registry.json`` (of ``model`` when given)."""
     from interp.models.zoo import REPO_ROOT
-    from interp.sae.release import registry
+    from interp.runs import registry
 
     out = []
     for name, e in registry().items():
