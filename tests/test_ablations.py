@@ -60,10 +60,11 @@ def test_units_circuit_and_shift(setup):
     rep = ablate_units(model, "blocks.1.mlp.hook_post", task.clean, [0, 1, 2], mode="mean")
     assert rep.loss_after > 0
     last = task.clean.shape[1] - 1
-    everything = [Node(HOOK, p, j) for p in range(task.clean.shape[1]) for j in range(2049)]
+    everything = [Node.from_column(HOOK, p, j, 2048) for p in range(task.clean.shape[1])
+                  for j in range(2049)]
     kept = ablate_circuit(spliced, task, everything)
     assert kept["metric_after"] == pytest.approx(kept["metric_full"], abs=1e-4)
-    gone = ablate_circuit(spliced, task, [Node(HOOK, last, 2048)], complement=True)
+    gone = ablate_circuit(spliced, task, [Node.error_term(HOOK, last)], complement=True)
     assert gone["metric_after"] != pytest.approx(gone["metric_full"])
     ds = make_dataset("pycode-in-string", 48)
     res = shift(spliced, HOOK, list(range(64)), "blocks.3.hook_resid_post", ds,

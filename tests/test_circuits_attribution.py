@@ -91,7 +91,7 @@ def test_zero_and_mean_patches_and_bad_input(spliced, task):
         Task("t", task.clean[:0], None, task.answer[:0], task.wrong[:0])
     with pytest.raises(UnknownNameError, match="othello-legal"):
         make_task("othello-illegal")
-    assert Node(HOOK, 0, 2048).is_error(2048)
+    assert Node.error_term(HOOK, 0).is_error and Node.from_column(HOOK, 0, 2048, 2048).is_error
 
 
 def test_pycode_tasks_and_jsonl(tmp_path):
@@ -121,7 +121,7 @@ def test_nodes_summed_over_positions(spliced, task):
     patched = spliced.run(task.patch).hooks[HOOK]
 
     def every_position(name, a, e):
-        if node.latent == 2048:
+        if node.is_error:
             return a, patched.err
         a = a.clone()
         a[..., node.latent] = patched.acts[..., node.latent]
@@ -130,7 +130,7 @@ def test_nodes_summed_over_positions(spliced, task):
     clean = task.metric(spliced.run(task.clean).logits).mean()
     hand = task.metric(spliced.run(task.clean, {HOOK: every_position}).logits).mean() - clean
     assert float(exact[0]) == pytest.approx(float(hand), abs=1e-5)
-    everything = [Node(HOOK, ALL_POSITIONS, j) for j in range(2049)]
+    everything = [Node.from_column(HOOK, ALL_POSITIONS, j, 2048) for j in range(2049)]
     assert faithfulness(spliced, task, everything)["faithfulness"] == pytest.approx(1, abs=1e-4)
 
 
@@ -158,7 +158,7 @@ def test_a_readout_at_the_spliced_hook_makes_atp_exact_there(spliced, task):
     assert feature_task.reads == (HOOK,) and feature_task.metric_kind == "feature"
     scores = node_attribution(spliced, feature_task, method="atp")
     nodes = [n for n, _ in top_nodes(scores, 8)]
-    est = torch.tensor([float(scores[n.hook][n.pos, n.latent]) for n in nodes],
+    est = torch.tensor([float(scores[n.hook][n.pos, n.column(2048)]) for n in nodes],
                        dtype=torch.float64) / 1
     exact = exact_node_effects(spliced, feature_task, nodes)
     torch.testing.assert_close(est, exact, rtol=1e-3, atol=1e-4)
@@ -275,17 +275,17 @@ def test_zero_and_mean_atp_equal_patching_for_a_linear_readout(spliced, task):
         pa, pe = pa.expand_as(a0), pe.expand_as(e0)
         scores = node_attribution(spliced, feature_task, patch=kind)[HOOK]
         assert (scores[:last] == 0).all()  # earlier positions cannot reach the readout
-        nodes = [nd for nd, _ in top_nodes({HOOK: scores}, 8)] + [Node(HOOK, last, 2048)]
+        nodes = [nd for nd, _ in top_nodes({HOOK: scores}, 8)] + [Node.error_term(HOOK, last)]
         hand = []
         for nd in nodes:
-            if nd.latent == 2048:
+            if nd.is_error:
                 delta = pe[:, last] - e0[:, last]                            # (n, d)
             else:
                 delta = (pa[:, last, nd.latent] - a0[:, last, nd.latent])[:, None] \
                     * w_dec[nd.latent]
             hand.append(float((delta @ readout.direction).mean()))
         hand = torch.tensor(hand, dtype=torch.float64)
-        est = torch.tensor([float(scores[nd.pos, nd.latent]) for nd in nodes],
+        est = torch.tensor([float(scores[nd.pos, nd.column(2048)]) for nd in nodes],
                            dtype=torch.float64)
         exact = exact_node_effects(spliced, feature_task, nodes, patch=kind)
         if kind == "zero":

@@ -30,10 +30,10 @@ def test_graph_mode_is_exact_and_gives_the_atp_node_scores(setup):
     assert torch.equal(res.logits.detach(), spliced.model(task.clean))
     atp = node_attribution(spliced, task)
     last = task.clean.shape[1] - 1
-    nodes = [Node(h, last, j) for h in HOOKS for j in range(M + 1)]
+    nodes = [Node.from_column(h, last, j, M) for h in HOOKS for j in range(M + 1)]
     _, scores = edge_attribution(spliced, task, nodes)
     for n in nodes:
-        assert scores[n] == pytest.approx(float(atp[n.hook][n.position, n.latent]), abs=1e-5)
+        assert scores[n] == pytest.approx(float(atp[n.hook][n.position, n.column(M)]), abs=1e-5)
 
 
 @pytest.mark.parametrize("linear", [False, True])
@@ -43,7 +43,7 @@ def test_edges_out_of_a_node_add_up_to_its_effect(setup, linear):
     node score (by the chain rule; in linear mode for the linearised model)."""
     spliced, task = setup
     last = task.clean.shape[1] - 1
-    nodes = [Node(h, last, j) for h in HOOKS for j in range(M + 1)]
+    nodes = [Node.from_column(h, last, j, M) for h in HOOKS for j in range(M + 1)]
     edges, scores = edge_attribution(spliced, task, nodes, linear=linear)
     up = [n for n in nodes if n.hook == HOOKS[0] and abs(scores[n]) > 1e-4]
     assert up, "no upstream node has an effect"
@@ -60,7 +60,7 @@ def test_edges_out_of_a_node_add_up_to_its_effect(setup, linear):
 def test_linear_mode_freezes_patterns_and_scales(setup):
     spliced, task = setup
     last = task.clean.shape[1] - 1
-    nodes = [Node(HOOKS[0], last, M)]
+    nodes = [Node.error_term(HOOKS[0], last)]
     _, plain = edge_attribution(spliced, task, nodes)
     _, linear = edge_attribution(spliced, task, nodes, linear=True)
     assert plain[nodes[0]] != pytest.approx(linear[nodes[0]])

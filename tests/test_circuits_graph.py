@@ -17,11 +17,11 @@ H1, H2 = "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"
 
 
 def toy_graph():
-    a, b, c, e = Node(H1, 3, 5), Node(H1, 3, 9), Node(H2, 3, 7), Node(H2, 3, 16)
+    a, b, c, e = Node(H1, 3, 5), Node(H1, 3, 9), Node(H2, 3, 7), Node.error_term(H2, 3)
     scores = {a: 0.5, b: -0.02, c: 0.8, e: -0.3}
     edges = [Edge(a, c, 0.4), Edge(b, c, -0.01), Edge(a, e, -0.2), Edge(c, OUTPUT, 0.8),
              Edge(e, OUTPUT, -0.3)]
-    return build_graph(scores, edges, {H1: 16, H2: 16}, metadata={"task": "toy"})
+    return build_graph(scores, edges, metadata={"task": "toy"})
 
 
 def test_graph_attributes_pruning_and_json_round_trip(tmp_path):
@@ -53,7 +53,7 @@ def pycode_setup():
 def test_faithfulness_of_everything_and_nothing(pycode_setup):
     spliced, task = pycode_setup
     t = task.clean.shape[1]
-    every = [Node(H2, p, j) for p in range(t) for j in range(2049)]
+    every = [Node.from_column(H2, p, j, 2048) for p in range(t) for j in range(2049)]
     f = faithfulness(spliced, task, every)
     assert f["faithfulness"] == pytest.approx(1.0, abs=1e-4)
     assert f["completeness"] == pytest.approx(1.0, abs=1e-4)

@@ -38,10 +38,25 @@ ALL_POSITIONS = -1  # a node summed over positions
 class Node:
     hook: str
     position: int        # ALL_POSITIONS: the latent (or error) at every position together
-    latent: int          # == d_sae for the error node
+    latent: int | None   # None: the SAE's error term at this hook (``Node.error_term``)
 
-    def is_error(self, d_sae: int) -> bool:
-        return self.latent == d_sae
+    @classmethod
+    def error_term(cls, hook: str, position: int) -> "Node":
+        return cls(hook, position, None)
+
+    @classmethod
+    def from_column(cls, hook: str, position: int, column: int, d_sae: int) -> "Node":
+        """The node of column ``column`` of a (..., d_sae + 1) score table, whose last
+        column is the error term."""
+        return cls(hook, position, None if column == d_sae else column)
+
+    @property
+    def is_error(self) -> bool:
+        return self.latent is None
+
+    def column(self, d_sae: int) -> int:
+        """This node's column in a (..., d_sae + 1) score table or mask."""
+        return d_sae if self.latent is None else self.latent
 
     @property
     def pos(self) -> int | slice:
@@ -161,7 +176,7 @@ def exact_node_effects(spliced: SplicedModel, task: Task, nodes: list[Node],
             d_sae = spliced.saes[node.hook].cfg.d_sae
 
             def swap(name, a, e, node=node, pa=pa, pe=pe, d_sae=d_sae):
-                if node.is_error(d_sae):
+                if node.is_error:
                     e = e.clone()
                     e[:, node.pos] = pe[:, node.pos]
                 else:
@@ -182,7 +197,8 @@ def top_nodes(scores: dict[str, torch.Tensor], n: int) -> list[tuple[Node, float
         s2 = s if s.ndim == 2 else s[None]
         vals, idx = s2.abs().flatten().topk(min(n, s2.numel()))
         d1 = s2.shape[1]
-        flat += [(Node(h, int(i) // d1 if s.ndim == 2 else ALL_POSITIONS, int(i) % d1),
+        flat += [(Node.from_column(h, int(i) // d1 if s.ndim == 2 else ALL_POSITIONS,
+                                   int(i) % d1, d1 - 1),
                   float(s2.flatten()[i])) for i in idx]
     flat.sort(key=lambda p: -abs(p[1]))
     return flat[:n]
@@ -259,7 +275,7 @@ def edge_attribution(spliced: SplicedModel, task: Task, nodes: list[Node],
             for d in by_hook[down]:
                 ga, ge = node_grad[down]
                 sd = states[down]
-                if d.is_error(spliced.saes[down].cfg.d_sae):
+                if d.is_error:
                     target = (ge[:, d.pos] * sd.err[:, d.pos]).sum()
                 else:
                     target = (ga[:, d.pos, d.latent] * sd.acts[:, d.pos, d.latent]).sum()
@@ -280,7 +296,7 @@ def _node_value(spliced: SplicedModel, node: Node, grads, deltas) -> float:
     """sum over prompts of grad . delta at one node (zero where there is no gradient)."""
     ga, ge = grads
     da, de = deltas
-    if node.is_error(spliced.saes[node.hook].cfg.d_sae):
+    if node.is_error:
         if ge is None:
             return 0.0
         return float((ge[:, node.pos] * de[:, node.pos]).sum())

@@ -9,7 +9,7 @@ import torch
 
 from interp.circuits.attribution import edge_attribution, node_attribution, top_nodes
 from interp.circuits.faithfulness import faithfulness
-from interp.circuits.graph import OUTPUT, build_graph, prune
+from interp.circuits.graph import OUTPUT, build_graph, node_key, prune
 from interp.circuits.splice import SplicedModel
 from interp.circuits.tasks import Task
 from interp.errors import DataError
@@ -58,13 +58,12 @@ def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None
     nodes = [n for n, _ in ranked]
     edges, _ = edge_attribution(spliced, task, nodes, patch=cfg.patch, linear=cfg.linear)
     activations = _mean_activations(spliced, task, nodes)
-    d_sae = {h: spliced.saes[h].cfg.d_sae for h in spliced.hooks}
     meta = {"task": task.name, "task_description": task.description, "prompts": len(task),
             "metric": task.metric_kind, "hooks": spliced.hooks,
             "model": getattr(spliced.model.cfg, "model_name", None), **asdict(cfg)}
-    graph = prune(build_graph(dict(ranked), edges, d_sae, activations, meta),
+    graph = prune(build_graph(dict(ranked), edges, activations, meta),
                   edge_threshold=cfg.edge_threshold)
-    kept = [n for n in nodes if _key(n, d_sae) in graph]
+    kept = [n for n in nodes if node_key(n) in graph]
     faith = faithfulness(spliced, task, kept, ablate_errors=cfg.ablate_errors,
                          ablation=cfg.ablation)
     graph.graph["faithfulness"] = faith["faithfulness"]
@@ -75,19 +74,13 @@ def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None
             "seconds": time.time() - t0}
 
 
-def _key(node, d_sae):
-    from interp.circuits.graph import node_key
-
-    return node_key(node, d_sae[node.hook])
-
-
 @torch.no_grad()
 def _mean_activations(spliced: SplicedModel, task: Task, nodes) -> dict:
     res = spliced.run(task.clean)
     out = {}
     for n in nodes:
         st = res.hooks[n.hook]
-        if n.is_error(spliced.saes[n.hook].cfg.d_sae):
+        if n.is_error:
             out[n] = float(st.err[:, n.pos].norm(dim=-1).mean())
         else:
             out[n] = float(st.acts[:, n.pos, n.latent].mean())

@@ -36,7 +36,7 @@ def node_masks(spliced: SplicedModel, nodes, t: int, complement: bool = False
     masks = {h: torch.zeros(t, spliced.saes[h].cfg.d_sae + 1, dtype=torch.bool)
              for h in spliced.hooks}
     for n in nodes:
-        masks[n.hook][n.pos, n.latent] = True
+        masks[n.hook][n.pos, n.column(spliced.saes[n.hook].cfg.d_sae)] = True
     if complement:
         masks = {h: ~m for h, m in masks.items()}
     return masks

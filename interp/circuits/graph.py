@@ -20,9 +20,9 @@ from interp.hooks import layer_of
 FORMAT = "interp-circuit/1"
 
 
-def node_key(node: Node, d_sae: int) -> str:
+def node_key(node: Node) -> str:
     pos = "all" if node.position == ALL_POSITIONS else node.position
-    return f"{node.hook}|{pos}|{'err' if node.is_error(d_sae) else node.latent}"
+    return f"{node.hook}|{pos}|{'err' if node.is_error else node.latent}"
 
 
 def _layer(hook: str) -> int:
@@ -30,7 +30,7 @@ def _layer(hook: str) -> int:
     return -1 if layer is None else layer
 
 
-def build_graph(node_scores: dict[Node, float], edges: list[Edge], d_sae: dict[str, int],
+def build_graph(node_scores: dict[Node, float], edges: list[Edge],
                 activations: dict[Node, float] | None = None,
                 metadata: dict | None = None) -> nx.DiGraph:
     """The graph of the given nodes and edges, with the metric as ``output``."""
@@ -39,17 +39,16 @@ def build_graph(node_scores: dict[Node, float], edges: list[Edge], d_sae: dict[s
     for node, effect in node_scores.items():
         if node.hook not in hooks_order:
             hooks_order.append(node.hook)
-        err = node.is_error(d_sae[node.hook])
-        g.add_node(node_key(node, d_sae[node.hook]), hook=node.hook, layer=_layer(node.hook),
+        err = node.is_error
+        g.add_node(node_key(node), hook=node.hook, layer=_layer(node.hook),
                    position=node.position, latent=None if err else node.latent,
                    kind="error" if err else "latent", effect=float(effect),
                    activation=float((activations or {}).get(node, float("nan"))))
     g.add_node(OUTPUT, hook=OUTPUT, layer=10**6, position=-1, latent=None, kind="output",
                effect=float("nan"), activation=float("nan"))
     for e in edges:
-        up = node_key(e.upstream, d_sae[e.upstream.hook])
-        down = OUTPUT if e.downstream == OUTPUT else node_key(e.downstream,
-                                                              d_sae[e.downstream.hook])
+        up = node_key(e.upstream)
+        down = OUTPUT if e.downstream == OUTPUT else node_key(e.downstream)
         if up in g and down in g:
             g.add_edge(up, down, effect=float(e.weight))
     g.graph.setdefault("hooks", hooks_order)
