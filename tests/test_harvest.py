@@ -83,3 +83,17 @@ def test_bad_counts(othello, tmp_path):
     with pytest.raises(DataError, match="positive"):
         harvest(HarvestConfig(model="othello", hooks=HOOKS[:1], n_tokens=0,
                               out=str(tmp_path / "r")), model=othello)
+
+
+def test_the_cli_says_the_store_size_before_harvesting(tmp_path):
+    from refusals import run_cli
+
+    code, out, _ = run_cli(["harvest", "--model", "othello", "--hook", "blocks.1.hook_resid_post",
+                            "--hook", "blocks.1.hook_mlp_out", "--tokens", "590",
+                            "--out", tmp_path / "r"])
+    assert code == 0
+    first = next(line for line in out.splitlines() if line.startswith("store "))
+    # 590 tokens = 10 games of 59 kept positions; (2 x 128 floats + the tokens) per row
+    assert first.startswith(f"store {tmp_path / 'r' / 'activations'}: 590 rows x "), first
+    nbytes = 590 * 256 * 4 + 10 * 60 * 4
+    assert first.endswith(f"{nbytes / 2**20:.1f} MiB when complete"), first

@@ -228,3 +228,26 @@ def test_row_range_and_parts_partition_the_batches(tmp_path):
         next(s.batches(7, part=(0, 2), **kw))
     with pytest.raises(DataError, match="row range \\[0, 999\\)"):
         next(s.batches(8, row_range=(0, 999), hook=hook))
+
+
+@pytest.mark.parametrize("shuffle,start,drop_last", [(True, 0, True), (True, 3, False),
+                                                      (False, 1, False)])
+def test_batches_of_two_hooks_are_aligned_row_by_row(tmp_path, shuffle, start, drop_last):
+    """A dictionary reading one hook and writing another trains on both at the same rows:
+    the pair of batches holds exactly the single-hook batches, in the same order."""
+    write_store(tmp_path / "s")
+    st = ActivationStore(tmp_path / "s")
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+    kw = dict(shuffle=shuffle, seed=5, start_batch=start, drop_last=drop_last,
+              buffer_rows=64, epochs=2)
+    pairs = list(st.batches(17, hooks, **kw))
+    alone = [list(st.batches(17, h, **kw)) for h in hooks]
+    assert len(pairs) == len(alone[0]) == len(alone[1]) > 0
+    for (x, y), a, b in zip(pairs, *alone):
+        assert torch.equal(x, a) and torch.equal(y, b)
+        assert torch.equal(y, x[:, :2] * 2)  # the writer's rule: rows stay aligned
+    split = [list(st.batches(16, hooks, shuffle=True, drop_last=True, part=(r, 2)))
+             for r in range(2)]
+    whole = list(st.batches(16, hooks, shuffle=True, drop_last=True))
+    for (x0, y0), (x1, y1), (x, y) in zip(*split, whole):
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)

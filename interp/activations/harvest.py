@@ -82,6 +82,8 @@ def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> Activation
     w = world(cfg.device)
     device = rank_device(cfg.device, w)
     plan = _Plan.make(cfg, model, device)
+    if w.main:
+        log.info(plan.size_note(store_path(cfg.out)))
     if w.distributed:
         return _harvest_parallel(cfg, plan, w, progress)
     path = store_path(cfg.out)
@@ -112,6 +114,15 @@ class _Plan:
     widths: dict[str, int]
     n_contexts: int
     meta: dict
+
+    def size_note(self, path: Path) -> str:
+        """What the finished store will hold, said before the harvest starts."""
+        rows = self.n_contexts * len(self.positions)
+        itemsize = np.dtype(DTYPES[self.cfg.dtype][0]).itemsize
+        nbytes = rows * sum(self.widths.values()) * itemsize + self.n_contexts * self.n_ctx * 4
+        widths = ", ".join(f"{h} ({d})" for h, d in self.widths.items())
+        size = f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+        return f"store {path}: {rows:,} rows x {widths}, {self.cfg.dtype}: {size} when complete"
 
     @classmethod
     def make(cls, cfg: HarvestConfig, model, device: str) -> "_Plan":

@@ -624,13 +624,15 @@ class ActivationStore:
                             f"[0, {self.n_rows})")
         return lo, hi
 
-    def batches(self, batch_size: int, hook: str | None = None, shuffle: bool = True,
-                seed: int = 0, epochs: int | None = 1, start_batch: int = 0,
-                buffer_rows: int = 2**20, drop_last: bool = False,
+    def batches(self, batch_size: int, hook: str | Sequence[str] | None = None,
+                shuffle: bool = True, seed: int = 0, epochs: int | None = 1,
+                start_batch: int = 0, buffer_rows: int = 2**20, drop_last: bool = False,
                 dtype: torch.dtype | None = torch.float32,
                 row_range: tuple[int, int] | None = None,
-                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+                part: tuple[int, int] = (0, 1)) -> Iterator:
         """Batches of (batch_size, d_in) rows, epoch after epoch (``epochs=None``: endless).
+        ``hook`` a list or tuple of hooks: each batch is a tuple of their activations at the
+        same rows (a dictionary's input and output hooks, aligned row by row).
 
         ``start_batch`` skips batches without reading them, so a resumed training run
         sees exactly the batches the uninterrupted one would have. ``row_range`` limits
@@ -646,7 +648,12 @@ class ActivationStore:
             raise DataError(f"splitting batches over {world} processes needs a batch size "
                             f"divisible by {world} (got {batch_size}) and drop_last")
         local = batch_size // world
-        hook = self.resolve_hook(hook)
+        if isinstance(hook, (list, tuple)):
+            hooks = [self.resolve_hook(h) for h in hook]
+            read = lambda rows: tuple(self.read(rows, h, dtype) for h in hooks)  # noqa: E731
+        else:
+            one = self.resolve_hook(hook)
+            read = lambda rows: self.read(rows, one, dtype)  # noqa: E731
         lo, hi = self._row_range(row_range)
         epoch, skipped = 0, 0
         while epochs is None or epoch < epochs:
@@ -664,15 +671,17 @@ class ActivationStore:
                 if skip < n_full:  # read the rest of the window's batches at once
                     mine = pending[skip * batch_size:n_full * batch_size]
                     mine = mine.reshape(n_full - skip, batch_size)[:, rank * local:(rank + 1) * local]
-                    data = self.read(mine.reshape(-1), hook, dtype)
+                    data = read(mine.reshape(-1))
                     for b in range(n_full - skip):
-                        yield data[b * local:(b + 1) * local]
+                        part_rows = slice(b * local, (b + 1) * local)
+                        yield tuple(d[part_rows] for d in data) if isinstance(data, tuple) \
+                            else data[part_rows]
                 pending = pending[n_full * batch_size:]
             if pending.size and not drop_last:
                 if skipped < start_batch:
                     skipped += 1
                 else:
-                    yield self.read(pending, hook, dtype)
+                    yield read(pending)
             epoch += 1
 
     def iter_chunks(self, hook: str | None = None, chunk_rows: int = 2**16,
