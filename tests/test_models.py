@@ -77,6 +77,26 @@ def test_local_hf_folder_matches_transformers(tmp_path):
                                atol=1e-4, rtol=1e-4)
 
 
+def test_a_gpt2_folder_without_n_ctx_loads(tmp_path):
+    """``GPT2Config(...).save_pretrained`` writes n_positions but no n_ctx with transformers
+    5; TransformerLens needs n_ctx: the loader fills it in (the folder is not touched)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=24)
+    hf = GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "tiny")
+    before = (tmp_path / "tiny" / "config.json").read_text()
+    assert "n_ctx" not in json.loads(before)
+    model = load(str(tmp_path / "tiny"))
+    assert model.cfg.n_ctx == 24 and model.cfg.model_name == "tiny"
+    assert (tmp_path / "tiny" / "config.json").read_text() == before
+    x = torch.randint(0, 50, (2, 9))
+    a, b = hf(x).logits, model(x)
+    torch.testing.assert_close(a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True),
+                               atol=1e-4, rtol=1e-4)
+
+
 def test_corrupt_model_folders_are_named(tmp_path):
     src = model_dir("othello")
     dst = tmp_path / "othello"

@@ -9,9 +9,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -57,6 +59,27 @@ def load(name: str, device: str | torch.device = "cpu", **from_pretrained_kwargs
     return _load_pretrained(name, device, **from_pretrained_kwargs)
 
 
+# config keys TransformerLens reads that recent transformers no longer write, by model_type:
+# the key it wants -> the key that holds the value (GPT2Config(...).save_pretrained writes
+# n_positions but not n_ctx with transformers 5)
+CONFIG_ALIASES = {"gpt2": {"n_ctx": "n_positions"}}
+
+
+@contextlib.contextmanager
+def _config_for_conversion(path: Path):
+    """``path``, or a temporary folder holding its config.json with the keys TransformerLens
+    needs filled in from their aliases (``CONFIG_ALIASES``); the weights stay where they are."""
+    raw = json.loads((path / "config.json").read_text())
+    missing = {k: raw[v] for k, v in CONFIG_ALIASES.get(raw.get("model_type"), {}).items()
+               if k not in raw and v in raw}
+    if not missing:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps({**raw, **missing}))
+        yield Path(tmp)
+
+
 def _load_hf_folder(path: Path, device):
     """A local Hugging Face checkpoint, converted and processed like from_pretrained does."""
     from transformer_lens import HookedTransformer
@@ -73,8 +96,11 @@ def _load_hf_folder(path: Path, device):
     except (OSError, ValueError, TypeError):
         pass  # a model without a tokenizer still runs on token ids
     try:
-        cfg = loading.get_pretrained_model_config(str(path), hf_cfg=hf_model.config.to_dict(),
-                                                  fold_ln=True, device=str(device))
+        with _config_for_conversion(path) as cfg_path:
+            cfg = loading.get_pretrained_model_config(str(cfg_path),
+                                                      hf_cfg=hf_model.config.to_dict(),
+                                                      fold_ln=True, device=str(device))
+        cfg.model_name = path.name
         state = loading.get_pretrained_state_dict(str(path), cfg, hf_model)
     except (KeyError, ValueError, NotImplementedError, AttributeError) as e:
         arch = getattr(hf_model.config, "architectures", None)
