@@ -162,7 +162,7 @@ def _train_config(args: argparse.Namespace):
         raise UsageError(f"--eval-rows must be 0 or more, got {args.eval_rows}")
     options = typed_options(args.option, SAEConfig, FLAG_OF_SAE_FIELD)
     return TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=arch,
-                      objective=objective,
+                      hook_out=args.hook_out, objective=objective,
                       d_sae=args.latents, k=args.k, sae_options=options,
                       batch_size=args.batch_size, steps=args.steps, lr=args.lr,
                       eval_rows=args.eval_rows, seed=args.seed,
@@ -195,6 +195,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--store", default=None, help="run folder or store (from interp harvest)")
     p.add_argument("--out", required=True, help="the SAE's folder, e.g. runs/NAME/saes/topk")
     p.add_argument("--hook", default=None, help="hook in the store (when it holds several)")
+    p.add_argument("--hook-out", default=None,
+                   help="train a transcoder: read --hook, reconstruct this hook of the same "
+                   "store, e.g. --hook blocks.1.ln2.hook_normalized --hook-out "
+                   "blocks.1.hook_mlp_out (--option skip=true: a skip transcoder)")
     p.add_argument("--arch", default="topk", help="relu, jumprelu, ksparse, topk (default), "
                    "batchtopk, matryoshka, hierarchical_topk; or e2e / e2e+ds, the end-to-end "
                    "objectives: an --e2e-act SAE trained from tokens through --model")

@@ -65,6 +65,52 @@ def hook_widths(model, hooks: list[str], n_ctx: int = 2) -> dict[str, int]:
     return widths
 
 
+# the order TransformerLens runs the hooks of one block (a prefix names a group of hooks)
+_SITE_ORDER = ("hook_resid_pre", "ln1.", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+               "attn.hook_rot", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+               "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.", "mlp.hook_pre",
+               "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+
+
+def mlp_io_hooks(layer: int) -> tuple[str, str]:
+    """(input, output) hooks of the MLP of block ``layer``, as a transcoder reads and writes.
+
+    The input is ``ln2.hook_normalized``: exactly what the MLP sees, after the LayerNorm
+    (as circuit-tracer's GPT-2 transcoders read it), so the transcoder replaces the MLP as
+    a function of its own input; ``hook_resid_mid`` would make it learn the LayerNorm too.
+    """
+    return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+
+
+def hook_position(hook: str) -> tuple[int, int] | None:
+    """Where ``hook`` runs in a forward pass, as a sortable (layer, site) pair; None for a
+    hook whose place this table does not know."""
+    if hook in BEFORE_BLOCKS:
+        return (-1, 0)
+    if hook.startswith(("ln_final.", "unembed.")):
+        return (1 << 30, 0)
+    layer = layer_of(hook)
+    if layer is None:
+        return None
+    site = _BLOCK.sub("", hook)
+    for i, prefix in enumerate(_SITE_ORDER):
+        if site.startswith(prefix):
+            return (layer, i)
+    return None
+
+
+def check_io_hooks(hook_in: str, hook_out: str) -> None:
+    """Refuse a dictionary whose input hook is its output hook, or runs after it."""
+    if hook_in == hook_out:
+        raise DataError(f"the output hook is the input hook {hook_in!r}: that is an SAE; "
+                        f"leave the output hook out")
+    a, b = hook_position(hook_in), hook_position(hook_out)
+    if a is not None and b is not None and a > b:
+        raise DataError(f"input hook {hook_in!r} runs after output hook {hook_out!r}: a "
+                        f"transcoder reads a hook that comes first (e.g. "
+                        f"{' -> '.join(mlp_io_hooks(layer_of(hook_out) or 0))})")
+
+
 def default_n_ctx(model, n_ctx: int | None = None) -> int:
     """``n_ctx`` when given, else the model's context length, at most 128."""
     return n_ctx or min(model.cfg.n_ctx, MAX_DEFAULT_N_CTX)

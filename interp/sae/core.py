@@ -18,6 +18,14 @@ hierarchical   ReLU of the K largest z, sorted          mean over k' <= K of MSE
 _topk
 ============== ======================================== =====================================
 
+A transcoder (``SAEConfig.d_out`` set) reads one space and writes another, e.g. an MLP's
+input x (B, d_in) and its output y (B, d_out): ``z = x @ W_enc + b_enc`` (no input shift:
+b_dec (d_out,) lives in the output space), ``y_hat = a @ W_dec + b_dec`` with W_dec
+(d_sae, d_out), and for a skip transcoder (``skip``, Paulo et al. 2025) ``+ x @ W_skip``,
+W_skip (d_in, d_out) zero-initialised. Every architecture below trains it the same way,
+with its loss on the target y instead of x (``loss(x, y=y)``); the sparse path is the
+same (only ``x @ W_enc`` is dense). An SAE is the case d_out = None.
+
 What differs per name is one ``Architecture`` record in ``ARCHS`` (its inference rule,
 AuxK, sparsity term, SAELens form, whether k means anything); the SAE asks the record and
 no other module compares ``arch`` with names. ``arch`` itself stays a string: ``cfg.json``
@@ -155,6 +163,9 @@ class SAEConfig:
     tied_init: bool = True          # W_enc = W_dec^T at init
     b_dec_init: str = "geometric_median"  # or "mean", "zeros"
     seed: int = 0
+    # transcoders: read one hook, write another
+    d_out: int | None = None        # output width; None: an SAE (output = input, width d_in)
+    skip: bool = False              # transcoder: plus a learned linear skip x @ W_skip
     # provenance (written to cfg.json metadata)
     metadata: dict = field(default_factory=dict)
 
@@ -169,6 +180,16 @@ class SAEConfig:
     @property
     def unit_norm_decoder(self) -> bool:
         return self.architecture.unit_norm_decoder
+
+    @property
+    def transcoder(self) -> bool:
+        """Reads one space and writes another: the encoder does not subtract b_dec."""
+        return self.d_out is not None
+
+    @property
+    def out_dim(self) -> int:
+        """The width of the reconstruction (and of b_dec): d_out, or d_in for an SAE."""
+        return self.d_in if self.d_out is None else self.d_out
 
     def validate(self) -> "SAEConfig":
         a = self.architecture  # refuses an unknown name
@@ -188,6 +209,14 @@ class SAEConfig:
             if list(p) != sorted(set(p)) or p[0] < 1 or p[-1] != self.d_sae:
                 raise DataError(f"{self.arch} prefixes must be strictly increasing and end at "
                                 f"d_sae={self.d_sae}, got {list(p)}")
+        if self.d_out is not None and self.d_out <= 0:
+            raise DataError(f"d_out must be positive, got {self.d_out}")
+        if self.skip and not self.transcoder:
+            raise DataError("skip=true is an option of transcoders (an output hook or d_out); "
+                            "an SAE has no skip term")
+        if self.tied and self.out_dim != self.d_in:
+            raise DataError(f"tied weights need d_in == d_out, got {self.d_in} and "
+                            f"{self.out_dim}")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise unknown("b_dec_init", self.b_dec_init, ["geometric_median", "mean", "zeros"])
         return self
@@ -296,6 +325,8 @@ class _SparseEncode(torch.autograd.Function):
 
     dW_rows[i] = sum_{idx[b,j]=i} g[b,j] (x[b] - b_dec);  db_enc = the same with 1;
     db_dec = -(db_enc @ W_rows);  dx[b] = sum_j g[b,j] W_rows[idx[b,j]].
+    A transcoder's encoder does not subtract b_dec: it passes a zero shift that needs no
+    gradient (so no db_dec).
     """
 
     @staticmethod
@@ -406,18 +437,27 @@ class SparseAutoencoder(nn.Module):
         # the sparse path's encoder product in bfloat16 (fp32 accumulate): about 2x faster
         # where the CPU has AVX512-BF16 / AMX or on a GPU; gradients and loss stay fp32
         self.encoder_dtype = torch.float32
-        d, m = cfg.d_in, cfg.d_sae
+        d, m, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
         g = torch.Generator().manual_seed(cfg.seed)
-        w_dec = torch.randn(m, d, generator=g)
+        w_dec = torch.randn(m, d_out, generator=g)
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
         if not arch.unit_norm_decoder:
             w_dec = w_dec * 0.1  # small decoder norms, as the L1-weighted recipe starts
-        # the encoder as rows (d_sae, d_in): W_enc is its transpose (a view)
-        self._W_enc = nn.Parameter(w_dec.clone() if cfg.tied_init or cfg.tied else
+        # the encoder as rows (d_sae, d_in): W_enc is its transpose (a view); tied init
+        # W_enc = W_dec^T only where the two spaces have one width
+        tie = (cfg.tied_init or cfg.tied) and d_out == d
+        self._W_enc = nn.Parameter(w_dec.clone() if tie else
                                    torch.randn(m, d, generator=g) / math.sqrt(d))
         self._W_dec = None if cfg.tied else nn.Parameter(w_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(m))
-        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if cfg.skip:  # Paulo et al. 2025: starts as a plain transcoder
+            self.W_skip = nn.Parameter(torch.zeros(d, d_out))
+        if cfg.transcoder:
+            # the encoder's (absent) input shift, for the sparse backward; not saved
+            self.register_buffer("zero_shift", torch.zeros(d), persistent=False)
+            # the output's normalisation (the input's is activation_scale)
+            self.register_buffer("activation_scale_out", torch.tensor(1.0))
         if arch.learned_threshold:
             self.log_threshold = nn.Parameter(
                 torch.full((m,), math.log(cfg.jumprelu_init_threshold)))
@@ -465,12 +505,14 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_b_dec(self, sample: torch.Tensor) -> None:
-        """b_dec from a sample of (normalized) activations, by ``cfg.b_dec_init``."""
+        """b_dec from a sample of (normalized) activations of the output space (a
+        transcoder's output hook), by ``cfg.b_dec_init``."""
         if self.cfg.b_dec_init == "zeros":
             return
-        if sample.ndim != 2 or sample.shape[1] != self.cfg.d_in:
+        d = self.cfg.out_dim
+        if sample.ndim != 2 or sample.shape[1] != d:
             raise DataError(f"init sample has shape {tuple(sample.shape)}, expected "
-                            f"(n, d_in={self.cfg.d_in})")
+                            f"(n, {'d_out' if self.cfg.transcoder else 'd_in'}={d})")
         sample = sample.float()
         self.b_dec.copy_(geometric_median(sample) if self.cfg.b_dec_init == "geometric_median"
                          else sample.mean(0))
@@ -484,7 +526,19 @@ class SparseAutoencoder(nn.Module):
         return int(round(c.k_start + (c.k - c.k_start) * frac))
 
     def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_sae) z: ``(x - b_dec) @ W_enc + b_enc``; a transcoder's ``x @ W_enc + b_enc``
+        (its b_dec lives in the output space)."""
+        if self.cfg.transcoder:
+            return x @ self.W_enc + self.b_enc
         return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def skip_term(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, d_out) a skip transcoder's ``x @ W_skip``; None without a skip term."""
+        return x @ self.W_skip if self.cfg.skip else None
+
+    def _with_skip(self, y_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        s = self.skip_term(x)
+        return y_hat if s is None else y_hat + s
 
     def forward(self, x: torch.Tensor, step: int | None = None) -> SAEOutput:
         """Inference and training forward. ``step`` (training only) drives k annealing;
@@ -494,15 +548,16 @@ class SparseAutoencoder(nn.Module):
             scores, bias = self._scores(x)
             values, indices = self._select(scores, bias, step)
             values = self._rectify(self._encode_selected(x, values, indices))
-            return SAEOutput(self.decode_sparse(values, indices), None, values, indices,
-                             scores=(scores, bias))
+            return SAEOutput(self._with_skip(self.decode_sparse(values, indices), x), None,
+                             values, indices, scores=(scores, bias))
         z = self.encode_pre(x)
         if self._keeps_k():
             values, indices = self._select(z, None, step)
             values = self._rectify(values)
-            return SAEOutput(self.decode_sparse(values, indices), z, values, indices)
+            return SAEOutput(self._with_skip(self.decode_sparse(values, indices), x), z,
+                             values, indices)
         acts = self._dense_acts(z)
-        return SAEOutput(self.decode_dense(acts), z, acts=acts)
+        return SAEOutput(self._with_skip(self.decode_dense(acts), x), z, acts=acts)
 
     def inference_codes(self, x: torch.Tensor) -> LatentCodes:
         """The codes of ``x`` (B, d_in) as ``forward`` computes them in the current mode (in
@@ -546,9 +601,11 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The sparse path's encoder: ``x @ W_enc`` (B, d_sae), the one dense product, and
-        the bias it needs, ``b_enc - b_dec @ W_enc``, so that z = scores + bias."""
+        the bias it needs, ``b_enc - b_dec @ W_enc`` (a transcoder's: ``b_enc``), so that
+        z = scores + bias."""
         w = self._W_enc.detach()
-        bias = self.b_enc.detach() - w @ self.b_dec.detach()
+        bias = (self.b_enc.detach().clone() if self.cfg.transcoder
+                else self.b_enc.detach() - w @ self.b_dec.detach())
         if self.encoder_dtype != torch.float32:
             dt = self.encoder_dtype
             return (x.detach().to(dt) @ w.to(dt).T).float(), bias
@@ -557,7 +614,8 @@ class SparseAutoencoder(nn.Module):
     def _encode_selected(self, x: torch.Tensor, values: torch.Tensor,
                          indices: torch.Tensor) -> torch.Tensor:
         """The selected z values, differentiable w.r.t. x and the encoder (sparse grads)."""
-        return _SparseEncode.apply(values, x, self._W_enc, self.b_enc, self.b_dec, indices)
+        shift = self.zero_shift if self.cfg.transcoder else self.b_dec
+        return _SparseEncode.apply(values, x, self._W_enc, self.b_enc, shift, indices)
 
     def _select(self, z: torch.Tensor, bias: torch.Tensor | None, step: int | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -608,27 +666,34 @@ class SparseAutoencoder(nn.Module):
             self.train(was)
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """(B, d_out) from dense codes; a skip transcoder's skip term needs x: ``forward``."""
         return self.decode_dense(acts)
 
     # -------------------------------------------------------------- losses
     def loss(self, x: torch.Tensor, step: int = 0, dead: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, SAEOutput, dict]:
-        """Training loss on a batch of normalized activations.
+             generator: torch.Generator | None = None, y: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, SAEOutput, dict]:
+        """Training loss on a batch of normalized activations ``x`` (B, d_in) and the target
+        ``y`` (B, d_out) it should reconstruct (a transcoder's output hook; default x).
 
         ``dead`` (d_sae,) bool marks latents that have not fired recently (for AuxK).
         Returns (total loss, forward output, dict of float loss terms).
         """
+        y = x if y is None else y
+        if y.shape[-1] != self.cfg.out_dim:
+            raise DataError(f"target has d={y.shape[-1]}, this dictionary writes "
+                            f"d_out={self.cfg.out_dim}")
         out = self.forward(x, step)
         arch = self.architecture
         if arch.nested_prefixes:
-            mse = self.matryoshka_mse(x, out, generator)
+            mse = self.matryoshka_mse(x, out, generator, y)
         elif arch.any_k:
-            mse = self.hierarchical_mse(x, out)
+            mse = self.hierarchical_mse(x, out, y)
         else:
-            mse = sum_sq_error(out.x_hat, x)
+            mse = sum_sq_error(out.x_hat, y)
         terms = {"mse": mse, **self.sparsity_terms(out)}
         if arch.aux_k and dead is not None and dead.any():
-            terms["aux"] = self.cfg.aux_alpha * self.aux_loss(x, out, dead)
+            terms["aux"] = self.cfg.aux_alpha * self.aux_loss(x, out, dead, y)
         total = sum(terms.values())
         return total, out, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -644,10 +709,12 @@ class SparseAutoencoder(nn.Module):
             return {"l0": self.cfg.l0_coeff * l0.sum(1).mean()}
         return {}
 
-    def aux_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor) -> torch.Tensor:
-        """AuxK: the top k_aux dead latents reconstruct the main residual (Gao et al.)."""
-        k_aux = min(self.cfg.k_aux or self.cfg.d_in // 2, int(dead.sum()))
-        residual = (x - out.x_hat).detach()
+    def aux_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """AuxK: the top k_aux dead latents reconstruct the main residual ``y - y_hat``
+        (Gao et al.; y = x for an SAE). k_aux defaults to half the residual's width."""
+        k_aux = min(self.cfg.k_aux or self.cfg.out_dim // 2, int(dead.sum()))
+        residual = ((x if y is None else y) - out.x_hat).detach()
         if out.scores is not None:
             scores, bias = out.scores
             values, indices = kernels.topk_rows(scores, bias.masked_fill(~dead, -math.inf), k_aux)
@@ -667,27 +734,41 @@ class SparseAutoencoder(nn.Module):
         return list(c.prefixes or (c.d_sae,))
 
     def matryoshka_mse(self, x: torch.Tensor, out: SAEOutput,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sum over prefixes m_i of the MSE of the reconstruction from latents < m_i."""
+                       generator: torch.Generator | None = None,
+                       y: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over prefixes m_i of the MSE of the reconstruction of y (default x) from
+        latents < m_i (a skip transcoder's skip term in every prefix)."""
+        y = x if y is None else y
         total = x.new_zeros(())
         for m in self.prefix_sizes(generator):
             keep = out.values * (out.indices < m)
-            x_hat = self.decode_sparse(keep, out.indices)
-            total = total + sum_sq_error(x_hat, x)
+            y_hat = self._with_skip(self.decode_sparse(keep, out.indices), x)
+            total = total + sum_sq_error(y_hat, y)
         return total
 
-    def hierarchical_mse(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:
-        """Mean over k' = 1..K of the MSE of the reconstruction from the top-k' latents.
+    def hierarchical_mse(self, x: torch.Tensor, out: SAEOutput,
+                         y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over k' = 1..K of the MSE of the reconstruction of y (default x) from the
+        top-k' latents.
 
         One pass: the gathered decoder rows scaled by their (sorted) values are summed
-        cumulatively, giving every prefix reconstruction at once.
+        cumulatively, giving every prefix reconstruction at once. A skip transcoder's
+        skip term s is in every prefix: the kernel fits ``(y - s) - b_dec``, and autograd
+        carries its gradient with respect to y - s on to W_skip and x (exact).
         """
+        target = x if y is None else y
+        s = self.skip_term(x)
         if self.sparse_kernels:
-            total = _HierarchicalMSE.apply(x, self.b_dec, out.values, out.indices, self.W_dec)
+            if s is not None:
+                target = target - s
+            total = _HierarchicalMSE.apply(target, self.b_dec, out.values, out.indices,
+                                           self.W_dec)
             return total / out.values.numel()
-        contrib = out.values.unsqueeze(-1) * self.W_dec[out.indices]   # (B, K, d)
-        x_hats = contrib.cumsum(1) + self.b_dec                          # (B, K, d)
-        return (x_hats - x.unsqueeze(1)).square().sum(-1).mean()
+        contrib = out.values.unsqueeze(-1) * self.W_dec[out.indices]   # (B, K, d_out)
+        y_hats = contrib.cumsum(1) + self.b_dec                          # (B, K, d_out)
+        if s is not None:
+            y_hats = y_hats + s.unsqueeze(1)
+        return (y_hats - target.unsqueeze(1)).square().sum(-1).mean()
 
     def eval_k_grid(self) -> list[int]:
         """The smaller k' this SAE is also evaluated at: ``k_grid(K)`` for an any-k SAE."""
@@ -706,7 +787,8 @@ class SparseAutoencoder(nn.Module):
             z, scores = self.encode_pre(x), None
             values, indices = z.topk(k, dim=1, sorted=False)
         values = self._rectify(values)
-        return SAEOutput(self.decode_sparse(values, indices), z, values, indices, scores=scores)
+        return SAEOutput(self._with_skip(self.decode_sparse(values, indices), x), z, values,
+                         indices, scores=scores)
 
     # -------------------------------------------------------------- saving
     def inference_threshold(self) -> torch.Tensor | None:
@@ -730,16 +812,33 @@ class SparseAutoencoder(nn.Module):
                                 f"these differ (load it as jumprelu instead)")
             self.threshold.copy_(theta[0])
 
+    @property
+    def output_scale(self) -> float:
+        """The output's training normalisation: a transcoder's own, else the input's."""
+        if self.cfg.transcoder:
+            return float(self.activation_scale_out)
+        return float(self.activation_scale)
+
     @torch.no_grad()
-    def fold_activation_scale(self, scale: float) -> None:
-        """Make the SAE take raw activations x when it was trained on scale * x."""
+    def fold_activation_scale(self, scale: float, scale_out: float | None = None) -> None:
+        """Make the SAE take raw activations x when it was trained on scale * x (and write
+        raw y when trained on scale_out * y, default scale): y_hat = f(s x) / s_out, so
+        W_enc *= s, W_dec and b_dec /= s_out, W_skip *= s / s_out (an SAE: b_dec is also
+        its input shift, and s_out = s makes that consistent)."""
         if self.cfg.tied:
             raise DataError("a tied ksparse SAE cannot fold a scale (W_dec = W_enc^T); "
                             "untie it first with untie()")
+        scale_out = scale if scale_out is None else scale_out
+        if not self.cfg.transcoder and scale_out != scale:
+            raise DataError("an SAE reads and writes one space: it has one activation scale")
         self._W_enc.mul_(scale)
-        self._W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self._W_dec.div_(scale_out)
+        self.b_dec.div_(scale_out)
+        if self.cfg.skip:
+            self.W_skip.mul_(scale / scale_out)
         self.activation_scale.fill_(1.0)
+        if self.cfg.transcoder:
+            self.activation_scale_out.fill_(1.0)
 
     @torch.no_grad()
     def untie(self) -> None:

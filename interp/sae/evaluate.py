@@ -17,28 +17,36 @@ DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as de
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tensor],
-                           scale: float = 1.0, k: int | None = None) -> dict:
+def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable, scale: float = 1.0,
+                           k: int | None = None, scale_out: float | None = None) -> dict:
     """Metrics over ``batches`` of raw activations (multiplied by ``scale`` on the way in).
 
-    FVU is sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all rows; ``k`` evaluates a
-    top-k SAE at k' = k (HierarchicalTopK's any-k inference). Returns floats and the
-    per-latent firing frequency (``density``, a list).
+    A batch is x (B, d_in), reconstructed by an SAE, or an (x, y) pair of a transcoder's
+    input and output hooks at the same rows (y multiplied by ``scale_out``, default
+    ``scale``); the figures are then of y. FVU is sum ||y - y_hat||^2 / sum ||y - mean(y)||^2
+    over all rows; ``k`` evaluates a top-k SAE at k' = k (HierarchicalTopK's any-k
+    inference). Returns floats and the per-latent firing frequency (``density``, a list).
     """
     was = sae.training
     sae.eval()
+    scale_out = scale if scale_out is None else scale_out
     n, sq_err, l0 = 0, 0.0, 0.0
-    sum_x = sum_x2 = None
+    sum_y = sum_y2 = None
     device = sae.b_dec.device
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
     try:
-        for x in batches:
+        for batch in batches:
+            x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+            if y is None and sae.cfg.transcoder:
+                raise DataError("a transcoder is evaluated on (input, output) pairs of its "
+                                "two hooks, not on its input hook alone")
             x = x.to(device).float() * scale
+            y = x if y is None else y.to(device).float() * scale_out
             out = sae.forward_at_k(x, k) if k is not None else sae(x)
-            sq_err += float((out.x_hat - x).double().square().sum())
-            xs = x.double()
-            sum_x = xs.sum(0) if sum_x is None else sum_x + xs.sum(0)
-            sum_x2 = float(xs.square().sum()) + (0.0 if sum_x2 is None else sum_x2)
+            sq_err += float((out.x_hat - y).double().square().sum())
+            ys = y.double()
+            sum_y = ys.sum(0) if sum_y is None else sum_y + ys.sum(0)
+            sum_y2 = float(ys.square().sum()) + (0.0 if sum_y2 is None else sum_y2)
             l0 += float(out.l0().sum())
             fired += out.fired_counts().double()
             n += x.shape[0]
@@ -46,7 +54,7 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
         sae.train(was)
     if n == 0:
         raise DataError("no rows to evaluate on (the store or the --tokens budget is empty)")
-    total_var = sum_x2 - float(sum_x.square().sum()) / n
+    total_var = sum_y2 - float(sum_y.square().sum()) / n
     density = (fired / n).cpu()
     return {"mse": sq_err / n, "fvu": sq_err / max(total_var, 1e-12), "l0": l0 / n,
             "dead_fraction": float((density == 0).double().mean()),
@@ -57,6 +65,11 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
 def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = None):
     """A TransformerLens hook function that replaces an activation (..., d_in) by the
     SAE's reconstruction; the forward output is stored in ``keep["out"]`` when given."""
+
+    if sae.cfg.transcoder:  # its output belongs at another hook (not spliced yet)
+        raise DataError("a transcoder cannot be spliced at one hook: it reads "
+                        f"{sae.cfg.metadata.get('hook_name')} and writes "
+                        f"{sae.cfg.metadata.get('hook_name_out')}")
 
     def hook_fn(act, hook):
         shape = act.shape

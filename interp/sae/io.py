@@ -11,6 +11,14 @@ How each architecture is written, as SAELens's inference architecture (its
 - ksparse keeps negative values, which no SAELens architecture does: it is written in the
   same files with ``architecture: "ksparse"``, readable by :func:`load_sae` only.
 
+Transcoders (``d_out`` set; ``skip``: plus ``W_skip``) are written in SAELens's transcoder
+forms where it has one: relu -> ``transcoder`` / ``skip_transcoder``; jumprelu, batchtopk,
+matryoshka -> ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder`` (no input shift:
+``apply_b_dec_to_input`` false; ``d_out``; ``W_skip`` in SAELens's (d_out, d_in) layout;
+the output hook as metadata ``hook_name_out``). SAELens has no top-k transcoder: topk,
+hierarchical_topk and ksparse transcoders are written as ``interp_<arch>_transcoder``,
+which SAELens refuses and :func:`load_sae` reads.
+
 Our own full config is stored under the ``interp`` key of ``cfg.json`` (SAELens ignores
 keys it does not know), so :func:`load_sae` restores the exact architecture. Folders that
 SAELens wrote (standard, topk, jumprelu, batchtopk) load too.
@@ -35,11 +43,13 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None =
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
-    scale = float(sae.activation_scale)
-    with torch.no_grad():
+    scale, scale_out = float(sae.activation_scale), sae.output_scale
+    with torch.no_grad():  # fold_activation_scale's arithmetic, on copies
         W_enc, b_enc = sae.W_enc.detach() * scale, sae.b_enc.detach()
-        W_dec, b_dec = sae.W_dec.detach() / scale, sae.b_dec.detach() / scale
+        W_dec, b_dec = sae.W_dec.detach() / scale_out, sae.b_dec.detach() / scale_out
     weights = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
+    if cfg.skip:  # SAELens's layout: (d_out, d_in)
+        weights["W_skip"] = sae.W_skip.detach().T * (scale / scale_out)
     threshold = sae.inference_threshold()  # refuses a batch top-k SAE never trained
     if threshold is not None:
         weights["threshold"] = threshold
@@ -51,16 +61,30 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None =
     ours = cfg.to_dict()
     ours["metadata"] = meta
     cfg_json = {
-        "architecture": cfg.architecture.saelens_name, "d_in": cfg.d_in, "d_sae": cfg.d_sae,
+        "architecture": saelens_form(cfg), "d_in": cfg.d_in, "d_sae": cfg.d_sae,
         "dtype": "float32",
-        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+        "device": "cpu", "apply_b_dec_to_input": not cfg.transcoder,
+        "normalize_activations": "none",
         "reshape_activations": "none", "metadata": meta, "interp": ours,
     }
+    if cfg.transcoder:
+        cfg_json["d_out"] = cfg.d_out
     if cfg.architecture.saelens_takes_k:
         cfg_json.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
     save_file(weights, str(folder / WEIGHTS_FILE))
     (folder / CFG_FILE).write_text(json.dumps(cfg_json, indent=2) + "\n")
     return folder
+
+
+def saelens_form(cfg: SAEConfig) -> str:
+    """The ``architecture`` written to cfg.json: SAELens's form of this SAE or transcoder."""
+    name = cfg.architecture.saelens_name
+    if not cfg.transcoder:
+        return name
+    base = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}.get(name)
+    if base is None:  # no SAELens form: a name SAELens refuses rather than misreads
+        return f"interp_{cfg.arch}_{'skip_' if cfg.skip else ''}transcoder"
+    return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
 
 
 def _sae_lens_format_version() -> str:
@@ -70,6 +94,24 @@ def _sae_lens_format_version() -> str:
         return version("sae-lens")
     except Exception:  # not installed: the format we write is SAELens 6's
         return "6.0.0"
+
+
+def _config_of(raw: dict, cfg_path: Path) -> SAEConfig:
+    """Our config from a cfg.json: the ``interp`` key we wrote, or SAELens's own fields."""
+    if "interp" in raw:
+        return SAEConfig.from_dict(raw["interp"])
+    arch = raw.get("architecture", "standard")
+    if arch not in FROM_SAELENS:
+        raise DataError(f"SAELens architecture {arch!r} in {cfg_path} is not supported; "
+                        f"supported: {sorted(FROM_SAELENS)}")
+    if raw.get("normalize_activations", "none") not in ("none", None):
+        raise DataError(f"{cfg_path}: normalize_activations="
+                        f"{raw['normalize_activations']!r} is not supported; fold the "
+                        f"normalization into the weights first")
+    ours = ARCHS[FROM_SAELENS[arch]]
+    return SAEConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], arch=ours.name,
+                     k=raw.get("k", 32) if ours.uses_k else 32,
+                     b_dec_init="zeros", metadata=raw.get("metadata") or {})
 
 
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
@@ -92,24 +134,12 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
         weights = load_file(str(w_path))
     except Exception as e:  # safetensors has its own error types for bad headers
         raise CorruptArtifactError(f"{w_path} is truncated or corrupt: {e}") from e
-    if "interp" in raw:
-        cfg = SAEConfig.from_dict(raw["interp"])
-    else:
-        arch = raw.get("architecture", "standard")
-        if arch not in FROM_SAELENS:
-            raise DataError(f"SAELens architecture {arch!r} in {cfg_path} is not supported; "
-                            f"supported: {sorted(FROM_SAELENS)}")
-        if raw.get("normalize_activations", "none") not in ("none", None):
-            raise DataError(f"{cfg_path}: normalize_activations="
-                            f"{raw['normalize_activations']!r} is not supported; fold the "
-                            f"normalization into the weights first")
-        ours = ARCHS[FROM_SAELENS[arch]]
-        cfg = SAEConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], arch=ours.name,
-                        k=raw.get("k", 32) if ours.uses_k else 32,
-                        b_dec_init="zeros", metadata=raw.get("metadata") or {})
+    cfg = _config_of(raw, cfg_path)
     sae = SparseAutoencoder(cfg)
-    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in),
-                "b_enc": (cfg.d_sae,), "b_dec": (cfg.d_in,)}
+    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.out_dim),
+                "b_enc": (cfg.d_sae,), "b_dec": (cfg.out_dim,)}
+    if cfg.skip:
+        expected["W_skip"] = (cfg.out_dim, cfg.d_in)
     if cfg.architecture.threshold_inference:
         expected["threshold"] = (cfg.d_sae,)
     for name, shape in expected.items():
@@ -125,6 +155,8 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
         if cfg.tied:  # a saved tied ksparse SAE comes back untied (its scale is folded)
             sae.untie()
         sae._W_dec.copy_(weights["W_dec"])
+        if cfg.skip:
+            sae.W_skip.copy_(weights["W_skip"].T)
     if "threshold" in expected:
         try:
             sae.load_inference_threshold_(weights["threshold"])

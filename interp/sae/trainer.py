@@ -1,13 +1,16 @@
 """One trainer for every SAE architecture and objective.
 
-- Objectives (what the loss is computed on): ``store``, reconstruct harvested activations;
+- Objectives (what the loss is computed on): ``store``, reconstruct harvested activations
+  (or, with ``hook_out``, a transcoder: read ``hook`` and reconstruct ``hook_out``, from
+  a store holding both aligned row by row);
   ``e2e`` (Braun et al.), KL between the model's output and the output with the SAE
   spliced in, trained from tokens through the model; ``e2e+ds`` adds the downstream
   residual streams' reconstruction. The SAE's architecture (``arch``) is orthogonal to it.
 - Adam with linear warmup and a linear decay to zero over the last ``1 - decay_start`` of
   the run; decoder directions kept on the unit sphere (gradient projection + renorm).
-- Activations are normalized by one scalar so that E||x||^2 = d_in; the scale is stored in
-  the SAE and folded into the weights when it is saved (SAELens format).
+- Activations are normalized by one scalar so that E||x||^2 = d_in (a transcoder: one
+  for its input, one for its output, E||y||^2 = d_out); the scales are stored in the SAE
+  and folded into the weights when it is saved (SAELens format).
 - Dead latents: a latent that has not fired for ``dead_window_tokens`` tokens is dead; the
   AuxK loss of the architectures that have one (topk / batchtopk / matryoshka) trains them
   back.
@@ -43,7 +46,7 @@ from interp.data.sources import batches as token_batches
 from interp.data.sources import check_fits, default_source, make_source
 from interp.distributed import rank_device, world
 from interp.errors import CorruptArtifactError, DataError, Interrupted, MismatchError, unknown
-from interp.hooks import default_n_ctx, layer_of, validate_hooks
+from interp.hooks import check_io_hooks, default_n_ctx, layer_of, validate_hooks
 from interp.models import load
 from interp.provenance import model_digest
 from interp.sae import kernels
@@ -55,7 +58,8 @@ from interp.version import code_version
 
 CHECKPOINT = "checkpoint.pt"
 # SAEConfig fields that TrainConfig (and so a flag of `interp train`) sets: not --option keys
-FLAG_OF_SAE_FIELD = {"d_in": "the store (the hook's width)", "d_sae": "--latents",
+FLAG_OF_SAE_FIELD = {"d_in": "the store (the hook's width)",
+                     "d_out": "the store (--hook-out's width)", "d_sae": "--latents",
                      "arch": "--arch", "k": "--k", "seed": "--seed",
                      "metadata": "the trainer (provenance)"}
 # TrainConfig fields that do not change what is trained: a resume may change them
@@ -80,6 +84,7 @@ class TrainConfig:
     store: str                       # run folder or store folder (objective "store")
     out: str                         # the SAE's folder
     hook: str | None = None          # needed when the store holds several hooks
+    hook_out: str | None = None      # a transcoder's output hook; None: an SAE at ``hook``
     arch: str = DEFAULT_ARCH         # the SAE's architecture (interp.sae.core.ARCHS)
     objective: Objective = "store"   # what the loss is computed on: stored activations, or
     #                                  the model's output with the SAE spliced in (e2e, e2e+ds)
@@ -121,13 +126,15 @@ class TrainConfig:
         the end-to-end objective (whose SAE the metadata records)."""
         return self.arch if self.objective == "store" else self.objective
 
-    def sae_config(self, d_in: int) -> SAEConfig:
+    def sae_config(self, d_in: int, d_out: int | None = None) -> SAEConfig:
         names = {f.name for f in fields(SAEConfig)}
         bad = sorted(set(self.sae_options) - names)
         if bad:
             raise DataError(f"unknown SAE options {bad}; valid: {sorted(names)}")
+        if "d_out" in self.sae_options:
+            raise DataError("d_out is the width of --hook-out, not an option")
         cfg = SAEConfig(d_in=d_in, d_sae=self.d_sae, arch=self.arch, k=self.k,
-                        seed=self.seed, **self.sae_options).validate()
+                        seed=self.seed, d_out=d_out, **self.sae_options).validate()
         if self.objective in END_TO_END and not cfg.architecture.end_to_end:
             valid = " or ".join(n for n, a in ARCHS.items() if a.end_to_end)
             raise DataError(f"an end-to-end SAE uses a {valid} activation, not {self.arch!r}")
@@ -138,7 +145,14 @@ class TrainConfig:
         store is opened or the model loaded: a placeholder width of 1 stands in for d_in."""
         if self.objective not in OBJECTIVES:
             raise unknown("training objective", self.objective, OBJECTIVES)
-        self.sae_config(d_in=1)
+        if self.hook_out is not None:
+            if self.objective != "store":
+                raise DataError(f"a transcoder (--hook-out) trains from a store, not by the "
+                                f"{self.objective} objective")
+            if self.hook is None:
+                raise DataError("a transcoder needs its input hook too: give --hook")
+            check_io_hooks(self.hook, self.hook_out)
+        self.sae_config(d_in=1, d_out=None if self.hook_out is None else 1)
         return self
 
     def learning_rate(self) -> float:
@@ -195,13 +209,18 @@ def activation_scale(sample: torch.Tensor) -> float:
 
 
 class StoreObjective:
-    """Reconstruct stored activations (objective "store")."""
+    """Reconstruct stored activations (objective "store"): the SAE's own hook, or for a
+    transcoder (``hook_out``) the output hook's rows from the input hook's same rows."""
 
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
         self.cfg, self.ddp = cfg, ddp
         self.store = open_store(cfg.store)
         self.hook = self.store.resolve_hook(cfg.hook)
         self.d_in = self.store.d_in(self.hook)
+        self.hook_out = None if cfg.hook_out is None else self.store.resolve_hook(cfg.hook_out)
+        self.d_out = None if self.hook_out is None else self.store.d_in(self.hook_out)
+        # the hooks each batch holds: (x,) for an SAE, (x, y) for a transcoder
+        self.hooks = [self.hook] if self.hook_out is None else [self.hook, self.hook_out]
         self.n_train = self.store.n_rows - cfg.eval_rows
         if self.n_train < cfg.batch_size:
             raise DataError(f"the store has {self.store.n_rows:,} rows: too few for batches of "
@@ -213,34 +232,47 @@ class StoreObjective:
                          "hook_name": self.hook,
                          "context_size": self.store.n_ctx, "prepend_bos": True,
                          "dataset_path": json.dumps(m.get("source")), "store": str(self.store.path)}
+        if self.hook_out is not None:
+            self.metadata["hook_name_out"] = self.hook_out
 
     def identity(self) -> dict:
         """What the data is (not where it lies): a resumed run must read the same rows."""
         m = self.store.manifest
         keys = ("model", "model_meta", "source", "dtype", "n_ctx", "positions", "shards")
-        return {"store": str(self.store.path), "hook": self.hook,
-                "d_in": self.d_in, "n_rows": self.store.n_rows,
+        return {"store": str(self.store.path), "hook": self.hook, "hook_out": self.hook_out,
+                "d_in": self.d_in, "d_out": self.d_out, "n_rows": self.store.n_rows,
                 "digest": _digest({k: m.get(k) for k in keys})}
 
-    def init_sample(self) -> torch.Tensor:
+    def init_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) at the same sampled rows: y is x for an SAE, the output hook's rows for a
+        transcoder."""
         rows = _init_rows(self.n_train, self.cfg.init_sample_rows, self.cfg.seed)
-        return self.store.read(rows, self.hook)
+        x = self.store.read(rows, self.hook)
+        return x, (x if self.hook_out is None else self.store.read(rows, self.hook_out))
 
     def batches(self, start: int):
-        return self.store.batches(self.cfg.batch_size, self.hook, seed=self.cfg.seed,
+        hook = self.hook if self.hook_out is None else self.hooks
+        return self.store.batches(self.cfg.batch_size, hook, seed=self.cfg.seed,
                                   epochs=None, start_batch=start, drop_last=True,
                                   row_range=(0, self.n_train),
                                   part=(self.ddp.rank, self.ddp.world))
 
-    def loss(self, sae, batch, step, dead, gen, scale):
-        x = batch.to(sae.b_dec.device, non_blocking=True) * scale
-        loss, fwd, terms = sae.loss(x, step=step, dead=dead, generator=gen)
-        return loss, fwd, terms, x
+    def loss(self, sae, batch, step, dead, gen, scale, scale_out=None):
+        """(loss, forward, terms, target): the target is the normalized y the SAE fits."""
+        device = sae.b_dec.device
+        if self.hook_out is None:
+            x = y = batch.to(device, non_blocking=True) * scale
+        else:
+            x = batch[0].to(device, non_blocking=True) * scale
+            y = batch[1].to(device, non_blocking=True) * scale_out
+        loss, fwd, terms = sae.loss(x, step=step, dead=dead, generator=gen, y=y)
+        return loss, fwd, terms, y
 
-    def evaluate(self, sae, scale, k=None) -> dict:
-        batches = self.store.batches(4096, self.hook, shuffle=False,
+    def evaluate(self, sae, scale, k=None, scale_out=None) -> dict:
+        hook = self.hook if self.hook_out is None else self.hooks
+        batches = self.store.batches(4096, hook, shuffle=False,
                                      row_range=(self.n_train, self.store.n_rows))
-        return reconstruction_metrics(sae, batches, scale=scale, k=k)
+        return reconstruction_metrics(sae, batches, scale=scale, k=k, scale_out=scale_out)
 
 
 class EndToEndObjective:
@@ -266,6 +298,7 @@ class EndToEndObjective:
                 torch.zeros(1, self.n_ctx, dtype=torch.long, device=self.device),
                 names_filter=[self.hook])
         self.d_in = cache[self.hook].shape[-1]
+        self.d_out = None  # an SAE at the hook
         self.contexts = max(ddp.world, cfg.batch_size // (self.n_ctx - 1))
         if self.contexts % ddp.world:
             raise DataError(f"{self.contexts} contexts per step do not split over "
@@ -303,7 +336,8 @@ class EndToEndObjective:
                                         self.cfg.eval_contexts))
         with torch.no_grad():
             _, cache = self.model.run_with_cache(toks, names_filter=[self.hook])
-        return cache[self.hook][:, 1:].reshape(-1, self.d_in)
+        x = cache[self.hook][:, 1:].reshape(-1, self.d_in)
+        return x, x
 
     def batches(self, start: int):
         it = self._token_batches(self.contexts, self.cfg.eval_contexts)
@@ -313,7 +347,7 @@ class EndToEndObjective:
         for b in it:
             yield b[self.ddp.rank * local:(self.ddp.rank + 1) * local]
 
-    def loss(self, sae, tokens, step, dead, gen, scale):
+    def loss(self, sae, tokens, step, dead, gen, scale, scale_out=None):
         names = [self.hook] + self.downstream
         with torch.no_grad():
             clean, cache = self.model.run_with_cache(tokens, names_filter=names)
@@ -335,7 +369,7 @@ class EndToEndObjective:
         x = cache[self.hook].reshape(-1, self.d_in) * scale
         return loss, fwd, {k: float(v.detach()) for k, v in terms.items()}, x
 
-    def evaluate(self, sae, scale, k=None) -> dict:
+    def evaluate(self, sae, scale, k=None, scale_out=None) -> dict:
         toks = next(self._token_batches(self.cfg.eval_contexts))
         chunks = list(toks.split(16))
         res = spliced_metrics(self.model, sae, self.hook, chunks, scale=scale)
@@ -421,6 +455,7 @@ class _Run:
     steps: int                 # the whole run's length
     start: int = 0             # the first step this process trains
     scale: float = 1.0         # the activations' normalisation, E||scale x||^2 = d_in
+    scale_out: float = 1.0     # the output's (a transcoder's y; an SAE's is ``scale``)
 
     @property
     def out(self) -> Path:
@@ -434,7 +469,8 @@ class _StepResult:
     loss: torch.Tensor
     fwd: SAEOutput
     terms: dict                # the loss's terms as floats
-    x: torch.Tensor            # (B, d_in) the normalized activations it reconstructed
+    x: torch.Tensor            # (B, d_out) the normalized activations it reconstructed
+    #                            (a transcoder's output y; an SAE's input)
     dead: torch.Tensor         # (d_sae,) bool: the latents counted dead at this step
 
 
@@ -481,7 +517,7 @@ def _setup(cfg: TrainConfig) -> _Run:
                         f"processes")
     objective = make_objective(cfg, ddp)
     steps = cfg.steps or objective.default_steps
-    sae_cfg = cfg.sae_config(objective.d_in)
+    sae_cfg = cfg.sae_config(objective.d_in, objective.d_out)
     sae_cfg.metadata = objective.metadata
     # the global RNG is seeded here and restored from a checkpoint: a resumed run draws
     # what an uninterrupted one draws
@@ -513,11 +549,15 @@ def _setup(cfg: TrainConfig) -> _Run:
 
 
 def _initialise(run: _Run) -> None:
-    """A fresh start: the activation scale and b_dec from a sample of the data."""
-    sample = run.objective.init_sample().to(run.ddp.device)
-    run.scale = activation_scale(sample)
+    """A fresh start: the activation scales and b_dec from a sample of the data (b_dec from
+    the output's: a transcoder's lives in its output space)."""
+    x, y = (t.to(run.ddp.device) for t in run.objective.init_sample())
+    run.scale = activation_scale(x)
     run.sae.activation_scale.fill_(run.scale)
-    run.sae.init_b_dec(sample * run.scale)
+    run.scale_out = activation_scale(y) if run.sae.cfg.transcoder else run.scale
+    if run.sae.cfg.transcoder:
+        run.sae.activation_scale_out.fill_(run.scale_out)
+    run.sae.init_b_dec(y * run.scale_out)
     run.ddp.all_reduce_mean_([p.data for p in run.sae.parameters()])  # identical on every rank
 
 
@@ -528,7 +568,8 @@ def _train_step(run: _Run, step: int, batch) -> _StepResult:
     dead = run.since_fired >= cfg.dead_window_tokens
     # a generator per step (matryoshka's sampled prefixes): a resumed run draws the same
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    loss, fwd, terms, x = run.objective.loss(sae, batch, step, dead, gen, run.scale)
+    loss, fwd, terms, x = run.objective.loss(sae, batch, step, dead, gen, run.scale,
+                                             run.scale_out)
     apply_gradients(sae, run.opt, loss, ddp)
     run.sched.step()
     if sae.architecture.batch_topk:  # every process keeps the same inference threshold
@@ -571,7 +612,7 @@ class _Log:
             self._train_record(run, step, done)
         self.bar.update(1)
         if run.ddp.main and (step + 1) % cfg.eval_every == 0 and step + 1 < run.steps:
-            ev = run.objective.evaluate(run.sae, run.scale)
+            ev = run.objective.evaluate(run.sae, run.scale, scale_out=run.scale_out)
             self.write({"step": step + 1, "eval": without_density(ev)})
 
     def _train_record(self, run: _Run, step: int, done: _StepResult) -> None:
@@ -599,15 +640,19 @@ def _finish(run: _Run, log: _Log) -> dict:
     result = {}
     if run.ddp.main:
         sae, last = run.sae, log.last
-        ev = run.objective.evaluate(sae, run.scale)
+        ev = run.objective.evaluate(sae, run.scale, scale_out=run.scale_out)
         result = {"arch": run.cfg.trained_as, "sae_arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
+                  "d_out": sae.cfg.out_dim, "hook": sae.cfg.metadata.get("hook_name"),
+                  "hook_out": sae.cfg.metadata.get("hook_name_out"),
                   "d_sae": sae.cfg.d_sae, "k": run.cfg.k, "steps": run.steps,
                   "tokens": int(last.get("tokens", 0)) if last else None,
                   "train_seconds": time.time() - log.t0, "activation_scale": run.scale,
+                  "activation_scale_out": run.scale_out,
                   "eval": ev, "final_train": last}
         if sae.eval_k_grid():  # an any-k SAE: its figures at every k' of the grid
             result["eval_by_k"] = {
-                str(kp): without_density(run.objective.evaluate(sae, run.scale, kp))
+                str(kp): without_density(run.objective.evaluate(sae, run.scale, kp,
+                                                                 run.scale_out))
                 for kp in sae.eval_k_grid()}
         save_sae(sae.cpu(), run.out)
         (run.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -690,6 +735,7 @@ def _load_checkpoint(run: _Run) -> None:
     torch.set_rng_state(state["torch_rng"])
     run.start = int(state["step"])
     run.scale = float(run.sae.activation_scale)
+    run.scale_out = run.sae.output_scale
     if run.ddp.main:
         truncate_log(run.out / "train_log.jsonl", run.start)
 
