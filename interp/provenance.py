@@ -80,13 +80,49 @@ def _check_model(label: str, ours: tuple[str | None, str | None],
                             f"that model, or the SAE's own model")
 
 
+def _hooks_and_widths(sae, hook: str) -> list[tuple[str, int, str]]:
+    """(hook, width, verb) of what the dictionary reads and, for a transcoder, writes."""
+    out = [(hook, sae.cfg.d_in, "reads")]
+    hook_out = (sae.cfg.metadata or {}).get("hook_name_out")
+    if getattr(sae.cfg, "transcoder", False) and hook_out:
+        out.append((hook_out, sae.cfg.out_dim, "writes"))
+    return out
+
+
+def _check_on_model(label: str, model, mname: str, hook: str, width: int, verb: str) -> None:
+    if hook not in model.hook_dict:
+        near = ", ".join(closest(hook, list(model.hook_dict), 3))
+        raise MismatchError(f"{label} {verb} {hook}, which is not a hook of model {mname!r} "
+                            f"(closest: {near})")
+    from interp.hooks import hook_widths
+
+    have = hook_widths(model, [hook])[hook]
+    if have != width:
+        raise MismatchError(f"{label} {verb} {hook} with width {width}, but {hook} of model "
+                            f"{mname!r} has width {have}" if verb == "writes" else
+                            f"{label} takes d_in={width}, but {hook} of model {mname!r} has "
+                            f"width {have}")
+
+
+def _check_in_store(label: str, store, hook: str, width: int, verb: str) -> None:
+    if hook not in store.hooks:
+        raise MismatchError(f"{label} {verb} {hook}, but the store {store.path} holds "
+                            f"{', '.join(store.hooks)}; harvest {hook} or use an SAE of those "
+                            f"hooks")
+    if store.d_in(hook) != width:
+        raise MismatchError(f"{hook} in the store {store.path} has d_in={store.d_in(hook)}, "
+                            f"but {label} {'takes d_in' if verb == 'reads' else 'writes width'}"
+                            f"={width}")
+
+
 def check_dictionary(sae, *, name: str | Path | None = None, model=None,
                      model_name: str | None = None, store=None, hook: str | None = None) -> str:
     """Check ``sae`` against a model, a store and/or the hook it will be used at; returns
     that hook (the SAE's own when ``hook`` is None; for an SAE that does not record it, the
     store's hook when the store holds one). Raises :class:`MismatchError` naming
     both sides: another model (by digest, else name), a hook the SAE does not read, a hook
-    the model or store lacks, another width."""
+    the model or store lacks, another width. A transcoder's output hook (metadata
+    ``hook_name_out``, width d_out) is checked the same way."""
     md = sae.cfg.metadata or {}
     label = f"the SAE {name}" if name else "the SAE"
     ours = (md.get("model_name"), md.get("model_digest"))
@@ -98,17 +134,8 @@ def check_dictionary(sae, *, name: str | Path | None = None, model=None,
     if model is not None:
         mname = model_name or model_name_of(model)
         _check_model(label, ours, (mname, model_digest(model)), "the model is")
-        if hook and hook not in model.hook_dict:
-            near = ", ".join(closest(hook, list(model.hook_dict), 3))
-            raise MismatchError(f"{label} reads {hook}, which is not a hook of model "
-                                f"{mname!r} (closest: {near})")
-        if hook:
-            from interp.hooks import hook_widths
-
-            width = hook_widths(model, [hook])[hook]
-            if width != sae.cfg.d_in:
-                raise MismatchError(f"{label} takes d_in={sae.cfg.d_in}, but {hook} of model "
-                                    f"{mname!r} has width {width}")
+        for h, width, verb in _hooks_and_widths(sae, hook) if hook else []:
+            _check_on_model(label, model, mname, h, width, verb)
     elif model_name is not None:
         _check_model(label, ours, (model_name, None), "the model is")
     if store is not None:
@@ -120,11 +147,6 @@ def check_dictionary(sae, *, name: str | Path | None = None, model=None,
         if not hook:
             raise MismatchError(f"{label} does not record its hook (metadata hook_name), and "
                                 f"the store {store.path} holds {', '.join(store.hooks)}")
-        if hook not in store.hooks:
-            raise MismatchError(f"{label} reads {hook}, but the store {store.path} holds "
-                                f"{', '.join(store.hooks)}; harvest {hook} or use an SAE "
-                                f"of those hooks")
-        if store.d_in(hook) != sae.cfg.d_in:
-            raise MismatchError(f"{hook} in the store {store.path} has d_in="
-                                f"{store.d_in(hook)}, but {label} takes d_in={sae.cfg.d_in}")
+        for h, width, verb in _hooks_and_widths(sae, hook):
+            _check_in_store(label, store, h, width, verb)
     return hook

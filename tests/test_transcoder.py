@@ -340,6 +340,46 @@ def test_cli_trains_a_plt_on_othello_mlp_io_hooks(tmp_path):
     assert cfg["architecture"] == "interp_topk_skip_transcoder"
     assert (cfg["metadata"]["hook_name"], cfg["metadata"]["hook_name_out"]) == (hook_in,
                                                                                 hook_out)
+    # interp eval: FVU of the MLP's output on the store's held-out rows, and the model with
+    # its MLP replaced (CE-loss recovered against zero-ablating the MLP's output, KL)
+    ev_dir = tmp_path / "ev"
+    assert main(["eval", str(out), "--store", str(run), "--tokens", "1024", "--contexts", "8",
+                 "--out", str(ev_dir)]) in (0, None)
+    ev = json.loads((ev_dir / "eval.json").read_text())
+    assert ev["reconstruction"]["fvu"] == pytest.approx(metrics["eval"]["fvu"], rel=1e-4)
+    spliced = ev["spliced"]["zero"]
+    assert spliced["ce_clean"] < spliced["ce_spliced"] < spliced["ce_ablated"]
+    assert 0 < ev["ce_loss_recovered"] < 1 and ev["kl"] > 0
+    # another store without the output hook is refused, naming it
+    other = tmp_path / "only_in"
+    assert main(["harvest", "--model", "othello", "--hook", hook_in, "--tokens", "600",
+                 "--out", str(other)]) in (0, None)
+    assert main(["eval", str(out), "--store", str(other), "--out", str(tmp_path / "e2")]) == 2
+
+
+def test_splicing_a_transcoder_replaces_the_mlp_output_by_its_prediction():
+    """The spliced forward equals, by hand: the clean run's MLP input through the
+    transcoder, written at the MLP's output by a plain hook."""
+    from interp.hooks import mlp_io_hooks
+    from interp.models import load
+    from interp.sae.evaluate import splice_hooks
+
+    model = load("othello")
+    hook_in, hook_out = mlp_io_hooks(2)
+    tc = SparseAutoencoder(SAEConfig(d_in=128, d_sae=64, arch="topk", k=4, d_out=128,
+                                     skip=True, metadata={"hook_name": hook_in,
+                                                          "hook_name_out": hook_out})).eval()
+    with torch.no_grad():
+        tc.W_skip.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(1, 61, (3, 12))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[hook_in])
+        x = cache[hook_in]
+        y_hat = tc(x.reshape(-1, 128)).x_hat.reshape(x.shape)
+        by_hand = model.run_with_hooks(tokens, fwd_hooks=[(hook_out, lambda a, hook: y_hat)])
+        spliced = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(tc))
+    torch.testing.assert_close(spliced, by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(spliced, model(tokens), atol=1e-3)  # it did change the model
 
 
 def test_a_transcoder_is_not_evaluated_or_spliced_as_an_sae():

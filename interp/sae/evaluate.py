@@ -66,7 +66,7 @@ def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = 
     """A TransformerLens hook function that replaces an activation (..., d_in) by the
     SAE's reconstruction; the forward output is stored in ``keep["out"]`` when given."""
 
-    if sae.cfg.transcoder:  # its output belongs at another hook (not spliced yet)
+    if sae.cfg.transcoder:  # its output belongs at another hook: splice_hooks puts it there
         raise DataError("a transcoder cannot be spliced at one hook: it reads "
                         f"{sae.cfg.metadata.get('hook_name')} and writes "
                         f"{sae.cfg.metadata.get('hook_name_out')}")
@@ -79,6 +79,32 @@ def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = 
         return (out.x_hat / scale).reshape(shape).to(act.dtype)
 
     return hook_fn
+
+
+def splice_hooks(sae: SparseAutoencoder) -> list[tuple[str, object]]:
+    """The TransformerLens hooks that put a saved dictionary into its model: an SAE replaces
+    its hook by its reconstruction; a transcoder keeps its input hook's activation and
+    replaces its output hook by its prediction from it (the MLP replaced)."""
+    md = sae.cfg.metadata or {}
+    if not sae.cfg.transcoder:
+        return [(md.get("hook_name"), splice_hook(sae))]
+    kept: dict = {}
+
+    def keep_input(act, hook):
+        kept["x"] = act
+
+    def predict(act, hook):
+        x = kept.pop("x")
+        y_hat = sae(x.reshape(-1, x.shape[-1]).float()).x_hat
+        return y_hat.reshape(act.shape).to(act.dtype)
+
+    return [(md.get("hook_name"), keep_input), (md.get("hook_name_out"), predict)]
+
+
+def written_hook(sae: SparseAutoencoder) -> str:
+    """The hook whose activation the dictionary replaces (a transcoder's output hook)."""
+    md = sae.cfg.metadata or {}
+    return md.get("hook_name_out") if sae.cfg.transcoder else md.get("hook_name")
 
 
 def kl_per_token(clean_logits: torch.Tensor, spliced_logits: torch.Tensor) -> torch.Tensor:
@@ -98,11 +124,12 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
                     token_batches: Iterable[torch.Tensor], scale: float = 1.0,
                     ablation: str = "zero") -> dict:
-    """How much of the model's next-token loss survives replacing ``hook`` by the SAE.
+    """How much of the model's next-token loss survives replacing ``hook`` by the SAE (a
+    transcoder: its output hook by its prediction from its input hook).
 
-    CE-loss recovered = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean), with the hook
-    zero- or mean-ablated (``ablation``); KL is KL(clean || spliced) per token. Position 0
-    (the BOS prediction of token 1 included) counts like any other.
+    CE-loss recovered = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean), with the
+    replaced hook zero- or mean-ablated (``ablation``); KL is KL(clean || spliced) per token.
+    Position 0 (the BOS prediction of token 1 included) counts like any other.
     """
     if ablation not in ("zero", "mean"):
         raise unknown("ablation", ablation, ["zero", "mean"])
@@ -113,8 +140,12 @@ def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
     try:
         for tokens in token_batches:
             tokens = tokens.to(model.cfg.device)
+            if sae.cfg.transcoder:
+                hook, fwd = written_hook(sae), splice_hooks(sae)
+            else:
+                fwd = [(hook, splice_hook(sae, scale))]
             clean, cache = model.run_with_cache(tokens, names_filter=[hook])
-            spliced = model.run_with_hooks(tokens, fwd_hooks=[(hook, splice_hook(sae, scale))])
+            spliced = model.run_with_hooks(tokens, fwd_hooks=fwd)
             mean = cache[hook].mean((0, 1), keepdim=True)
 
             def ablate(act, hook):
@@ -196,7 +227,8 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
         res["model"] = str(model_name)
     if st is not None:
         rows = (max(0, st.n_rows - tokens), st.n_rows)
-        held_out = lambda: st.batches(4096, hook, shuffle=False, row_range=rows)  # noqa: E731
+        hooks = [hook, written_hook(sae)] if sae.cfg.transcoder else hook  # (x, y) pairs
+        held_out = lambda: st.batches(4096, hooks, shuffle=False, row_range=rows)  # noqa: E731
         rec = reconstruction_metrics(sae, held_out(), k=k)
         figures["density"] = density_histogram(rec.pop("density"))
         res["reconstruction"] = rec
