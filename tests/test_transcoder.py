@@ -346,6 +346,8 @@ def test_cli_trains_a_plt_on_othello_mlp_io_hooks(tmp_path):
     assert main(["eval", str(out), "--store", str(run), "--tokens", "1024", "--contexts", "8",
                  "--out", str(ev_dir)]) in (0, None)
     ev = json.loads((ev_dir / "eval.json").read_text())
+    assert (ev["hook"], ev["hook_out"], ev["d_out"], ev["skip"]) == (hook_in, hook_out, 128,
+                                                                     True)
     assert ev["reconstruction"]["fvu"] == pytest.approx(metrics["eval"]["fvu"], rel=1e-4)
     spliced = ev["spliced"]["zero"]
     assert spliced["ce_clean"] < spliced["ce_spliced"] < spliced["ce_ablated"]

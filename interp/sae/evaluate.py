@@ -213,6 +213,8 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
     hook = sae.cfg.metadata.get("hook_name")
     res: dict = {"sae": str(sae_dir), "arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
                  "d_sae": sae.cfg.d_sae, "hook": hook}
+    if sae.cfg.transcoder:
+        res.update(d_out=sae.cfg.out_dim, hook_out=written_hook(sae), skip=sae.cfg.skip)
     figures = {}
     st = open_store(store) if store else None
     if st is not None:
