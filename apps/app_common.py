@@ -148,9 +148,9 @@ def sae_infos(run: Path, model_name: str | None = None):
 
 
 def run_model(run: Path) -> str | None:
-    from interp.viz.runs import run_meta
+    from interp.runs import read_run_json
 
-    return run_meta(run).get("model") if run.exists() else None
+    return read_run_json(run).get("model") if run.exists() else None
 
 
 # widgets whose choices depend on the model: reset when the model changes

@@ -4,12 +4,13 @@ import json
 import streamlit as st
 
 import app_common as C
-from interp.viz.runs import fvu_l0_figure, run_meta
+from interp.runs import read_run_json
+from interp.viz.runs import fvu_l0_figure
 
 st.title("Overview")
 run = C.existing_run()
 
-meta = run_meta(run)
+meta = read_run_json(run)
 model_name = meta.get("model")
 infos = C.sae_infos(run, model_name)
 ours = [i for i in infos if i.source != "shipped"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from interp.errors import CorruptArtifactError
+from interp.runs import read_run_json
 
 
 @dataclass
@@ -67,13 +68,6 @@ def read_json(path: Path) -> dict | None:
         return None
     except json.JSONDecodeError as e:
         raise CorruptArtifactError(f"{path} is not valid JSON ({e})") from e
-
-
-def run_meta(run: str | Path) -> dict:
-    """``run.json`` (see ``interp.runs.read_run_json``)."""
-    from interp.runs import read_run_json
-
-    return read_run_json(run)
 
 
 def _metrics(folder: Path) -> dict:
@@ -152,7 +146,7 @@ def list_saes(run: str | Path | None, model: str | None = None) -> list[SAEInfo]
 
     run = Path(run) if run is not None else None
     if run is not None and model is None:
-        model = run_meta(run).get("model")
+        model = read_run_json(run).get("model")
     infos = (run_saes(run) if run is not None else []) + shipped_saes(model)
     by_key = {i.store_key: i for i in infos}
     by_folder = {str(i.folder.resolve()): i for i in infos if i.folder is not None}
