@@ -53,9 +53,17 @@ class SAEInfo:
         where = "run" if self.source == "run" else "shipped" if self.source == "shipped" else "store"
         return f"{self.name} ({where})"
 
+    def _uses_k(self) -> bool:
+        """k means something for the top-k family only (relu / jumprelu show none)."""
+        from interp.sae.core import ARCHS
+
+        arch = ARCHS.get(self.arch or "")
+        return arch is None or arch.uses_k
+
     def row(self) -> dict:
         return {"SAE": self.name, "from": self.source, "hook": self.hook, "arch": self.arch,
-                "latents": self.d_sae, "k": self.k, "FVU": self.fvu, "L0": self.l0,
+                "latents": self.d_sae, "k": self.k if self._uses_k() else None,
+                "FVU": self.fvu, "L0": self.l0,
                 "dead %": None if self.dead_fraction is None else 100 * self.dead_fraction,
                 "CE-loss recovered": self.ce_loss_recovered,
                 "feature store": self.feature_store.name if self.feature_store else ""}
