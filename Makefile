@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # your CUDA build of torch into .venv first (`make TORCH_SPEC= venv` skips this step).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv browser demo app test test-fast clean train-othello train-pycode saes bench
+.PHONY: venv browser demo app test test-fast clean train-othello train-pycode saes bench \
+	bench-transcoders tracer-venv tracer-venv-if-possible
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,7 @@ browser:
 		  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null; }; } || \
 		echo "could not install chromium: tests/test_app_browser.py will skip"; fi
 
-test: venv browser
+test: venv browser tracer-venv-if-possible
 	$(PY) -m pytest -q
 
 test-fast: venv
@@ -62,6 +63,37 @@ $(BENCH_VENV)/.installed: pyproject.toml
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/sae_speed.py
 
+# Transcoder training speed (issue 15): our PLT, skip PLT and CLT steps against sparsify's
+# transcoders (`--transcode`, `skip_connection`) and the bare encoder matmuls, same venv.
+bench-transcoders: $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/transcoder_speed.py
+
+# circuit-tracer 0.5.0 (pins transformers<=4.57.3, which .venv's TransformerLens does not
+# take), in a venv of its own, to check our exports with circuit-tracer's own loader
+# (tests/test_tracer_export.py; it skips without this venv). About 1.5 minutes from PyPI.
+# `make test` builds it; where that fails (no PyPI), it says so and those tests skip.
+TRACER_VENV := .venv-tracer
+TRACER_PY := $(TRACER_VENV)/bin/python
+
+$(TRACER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRACER_VENV)
+	$(TRACER_PY) -m pip install --upgrade pip >/dev/null
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(TRACER_PY) -c "import torch" 2>/dev/null; then \
+		echo "installing $(TORCH_SPEC) (CPU build)"; $(TRACER_PY) -m pip install "$(TORCH_SPEC)"; fi
+	@if [ -n "$(TORCH_SPEC)" ] && $(TRACER_PY) -m pip install --dry-run -e . "circuit-tracer==0.5.0" \
+		| grep '^Would install' | grep -qE ' (torch|nvidia-[a-z0-9-]+)-[0-9]'; then \
+		echo "circuit-tracer would replace the CPU torch (a CUDA build): not installing"; exit 1; fi
+	$(TRACER_PY) -m pip install -e . "circuit-tracer==0.5.0"
+	$(TRACER_PY) -c "import circuit_tracer, interp.sae.tracer_export" >/dev/null
+	touch $@
+
+tracer-venv: $(TRACER_VENV)/.installed
+
+# for `make test`: build it when it can, else go on (the tracer tests then skip)
+tracer-venv-if-possible:
+	@$(MAKE) --no-print-directory tracer-venv >$(TRACER_VENV).log 2>&1 || \
+		echo "could not build $(TRACER_VENV) (see $(TRACER_VENV).log): the circuit-tracer checks of tests/test_tracer_export.py will skip"
+
 # Reproduce the shipped embedded models (about an hour each on a 2-core CPU).
 train-othello: venv
 	$(VENV)/bin/interp train-model othello
@@ -74,4 +106,4 @@ saes: venv
 	$(PY) -m interp.sae.release --force
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(TRACER_VENV) $(TRACER_VENV).log runs .pytest_cache

@@ -15,6 +15,7 @@ import streamlit as st
 
 from interp.errors import InterpError
 from interp.sae.core import DEFAULT_ARCH
+from interp.viz.runs import hooks_text
 
 # page key -> (script, title, icon); the key is the page's URL path and its ?page= name
 PAGES = {
@@ -199,25 +200,34 @@ def default_sae(infos) -> str | None:
 
 
 def store_for(infos, hook: str | None = None, name: str | None = None):
-    """The SAE info with a feature store: by SAE name first, else the first at ``hook``."""
+    """The SAE info with a feature store: by SAE name first, else the first that writes
+    ``hook`` (circuit nodes sit where a dictionary writes: a transcoder's output hook)."""
     with_store = [i for i in infos if i.feature_store is not None]
     for i in with_store:
         if name is not None and i.name == name:
             return i
     for i in with_store:
-        if hook is not None and i.hook == hook:
+        if hook is not None and i.writes == hook:
             return i
     return None
 
 
 # ------------------------------------------------------------------ the feature view
+def show_transcoder_hooks(meta: dict) -> None:
+    """A transcoder's feature store (``hook_out`` in its metadata): what its latents read
+    and write, and where their logit effects come from. Nothing for an SAE's."""
+    if meta.get("hook_out"):
+        st.caption(f"transcoder latent: {hooks_text(meta['hook'], meta['hook_out'], '`')}; "
+                   f"its logit effects are its decoder row at `{meta['hook_out']}` through "
+                   f"the unembedding")
+
+
 def render_feature(info, latent: int, compact: bool = False, model_name: str | None = None
                    ) -> None:
     """A feature page (Neuronpedia-like): density, histogram, logit effects, top contexts
     with per-token highlighting, interval samples, the tokens it fires on, and (on request)
     the ground-truth labels it follows. ``compact``: numbers and top contexts only."""
-    from interp.viz.features import (example_html, feature_histogram,
-                                     logit_effects_figure)
+    from interp.viz.features import example_html, feature_histogram, logit_effects_figure
 
     path = str(info.feature_store)
     try:
@@ -228,6 +238,7 @@ def render_feature(info, latent: int, compact: bool = False, model_name: str | N
     fs = feature_store(path)
     model_name = model_name or fs.meta.get("model")
     sep = " " if model_name == "othello" else ""
+    show_transcoder_hooks(fs.meta)
     c = st.columns(5)
     c[0].metric("latent", f"{page['latent']}")
     c[1].metric("density", f"{page['density']:.3g}")

@@ -8,6 +8,8 @@ and are imported inside the functions here, so this module imports without them.
 
     available() -> {peer: version}               peers importable now
     make_step(peer, d_in, d_sae, k, batch_size)  -> (step_fn, module); step_fn(x) -> loss
+    make_transcoder_step(peer, d_in, d_sae, k, batch_size, skip=...)
+                                                 -> (step_fn, module); step_fn(x, y) -> loss
     encode_topk(peer, module, x)                 -> (values, indices), each (batch, k)
     reconstruct(peer, module, x)                 -> x_hat (batch, d_in)
     fvu(peer, module, x)                         -> fraction of variance unexplained
@@ -51,6 +53,20 @@ sparsify (PyPI `eai-sparsify`, EleutherAI/sparsify): `SparseCoder` (fused top-k 
     the training point y in the weights: `encode_topk`, `reconstruct` and `fvu` switch the
     optimizer to its evaluation weights x around the call, as sparsify does when it saves.
 
+sparsify transcoders (`make_transcoder_step`; sparsify's `--transcode`, and with `skip=True`
+    its `--skip_connection`; the only peer here that trains transcoders): `SparseCoder` with
+    `transcode=True` (decoder initialised to zeros; `skip_connection` adds `x @ W_skip.T`,
+    W_skip (d_in, d_in) zero-initialised) and the body of sparsify's `Trainer` for a
+    transcoder under the "fvu" loss, one micro-batch: on step 0 the encoder bias is set to
+    -mean(x) @ W_enc.T (pre-activations centred on the inputs) and `b_dec` to the outputs'
+    mean; no decoder renormalisation and no gradient projection (sparsify does both only
+    when autoencoding); the dead-latent mask when AuxK is on; forward on (x, y) with the
+    outputs' total variance; loss = FVU of y + auxk_alpha * AuxK (+ Multi-TopK, off);
+    backward; optimizer step and `zero_grad`; scheduler step; firing counters. Optimizer,
+    learning rate and `auxk` as for sparsify's SAE above. Left out, as for the SAE: the
+    forward hooks on a Hugging Face model that deliver x and y, the token mask and its
+    gather, and logging.
+
 Each `step_fn` returns the loss as a Python float, which synchronises, as every peer's own
 loop does at least once a step. `step_fn.trainer` / `step_fn.optimizer` expose the peer's
 trainer objects (the `module` is the SAE itself).
@@ -66,6 +82,7 @@ from typing import Callable
 import torch
 
 PEERS = ("saelens", "dictionary_learning", "sparsify")
+TRANSCODER_PEERS = ("sparsify",)  # the peers that train transcoders
 
 # PyPI distribution of each peer, and the modules its TopK training needs.
 _DISTRIBUTIONS = {
@@ -216,31 +233,7 @@ def _make_sparsify(d_in, d_sae, k, lr, seed, total_steps, warmup_steps, auxk, op
     torch.manual_seed(seed)
     sae = SparseCoder(d_in, SparseCoderConfig(activation="topk", num_latents=d_sae, k=k),
                       device, dtype=torch.float32)
-
-    schedulers = []
-    if optimizer == "signum":
-        from schedulefree import ScheduleFreeWrapper
-        from sparsify.sign_sgd import SignSGD
-
-        lr = lr or 5e-3 / (d_sae / 2**14) ** 0.5
-        opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]),
-                                  momentum=0.95)
-        opt.train()
-        sae._bench_schedule_free = opt  # reconstruct() evaluates at its x weights
-    elif optimizer == "adam":
-        from transformers import get_linear_schedule_with_warmup
-
-        try:  # as sparsify does; not installed on a CPU machine
-            from bitsandbytes.optim import Adam8bit as Adam
-        except ImportError:
-            from torch.optim import Adam
-
-        lr = lr or 2e-4 / (d_sae / 2**14) ** 0.5
-        opt = Adam([dict(params=sae.parameters(), lr=lr)])
-        schedulers.append(get_linear_schedule_with_warmup(
-            opt, 1000 if warmup_steps is None else warmup_steps, total_steps))
-    else:
-        raise ValueError(f"sparsify optimizer must be 'signum' or 'adam', not {optimizer!r}")
+    opt, schedulers = _sparsify_optimizer(sae, lr, optimizer, total_steps, warmup_steps)
 
     num_tokens_since_fired = torch.zeros(d_sae, device=device, dtype=torch.long)
     did_fire = torch.zeros(d_sae, device=device, dtype=torch.bool)
@@ -257,6 +250,90 @@ def _make_sparsify(d_in, d_sae, k, lr, seed, total_steps, warmup_steps, auxk, op
         loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        for scheduler in schedulers:
+            scheduler.step()
+        with torch.no_grad():
+            num_tokens_since_fired.add_(x.shape[0])
+            num_tokens_since_fired[did_fire] = 0
+            did_fire.zero_()
+        state["step"] += 1
+        return loss.item()
+
+    step_fn.optimizer = opt  # type: ignore[attr-defined]
+    return step_fn, sae
+
+
+def _sparsify_optimizer(sae, lr, optimizer, total_steps, warmup_steps):
+    """(optimizer, lr schedulers) as sparsify's ``Trainer`` builds them for one coder."""
+    schedulers = []
+    if optimizer == "signum":
+        from schedulefree import ScheduleFreeWrapper
+        from sparsify.sign_sgd import SignSGD
+
+        lr = lr or 5e-3 / (sae.num_latents / 2**14) ** 0.5
+        opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]),
+                                  momentum=0.95)
+        opt.train()
+        sae._bench_schedule_free = opt  # reconstruct() evaluates at its x weights
+    elif optimizer == "adam":
+        from transformers import get_linear_schedule_with_warmup
+
+        try:  # as sparsify does; not installed on a CPU machine
+            from bitsandbytes.optim import Adam8bit as Adam
+        except ImportError:
+            from torch.optim import Adam
+
+        lr = lr or 2e-4 / (sae.num_latents / 2**14) ** 0.5
+        opt = Adam([dict(params=sae.parameters(), lr=lr)])
+        schedulers.append(get_linear_schedule_with_warmup(
+            opt, 1000 if warmup_steps is None else warmup_steps, total_steps))
+    else:
+        raise ValueError(f"sparsify optimizer must be 'signum' or 'adam', not {optimizer!r}")
+    return opt, schedulers
+
+
+def make_transcoder_step(
+    peer: str, d_in: int, d_sae: int, k: int, batch_size: int, lr: float | None = None,
+    seed: int = 0, *, skip: bool = False, total_steps: int = 10_000,
+    warmup_steps: int | None = None, auxk: bool = True, optimizer: str | None = None,
+    device: str = "cpu",
+) -> tuple[Callable[[torch.Tensor, torch.Tensor], float], torch.nn.Module]:
+    """Build `peer`'s TopK transcoder (``skip``: a skip transcoder) and its trainer's step;
+    return (step_fn, coder). `step_fn(x, y)` trains on inputs x and targets y, both
+    (batch_size, d_in): sparsify's transcoders write a space as wide as they read, as an
+    MLP's input and output are. Only sparsify trains transcoders (``TRANSCODER_PEERS``);
+    the other arguments are `make_step`'s.
+    """
+    _import_peer(peer)
+    if peer not in TRANSCODER_PEERS:
+        raise ValueError(f"{peer} trains no transcoders; expected one of {TRANSCODER_PEERS}")
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    auxk_alpha = 1 / 32 if auxk else 0.0
+    dead_feature_threshold = 10_000_000  # sparsify's TrainConfig default, in tokens
+    torch.manual_seed(seed)
+    sae = SparseCoder(d_in, SparseCoderConfig(activation="topk", num_latents=d_sae, k=k,
+                                              transcode=True, skip_connection=skip),
+                      device, dtype=torch.float32)
+    opt, schedulers = _sparsify_optimizer(sae, lr, optimizer or "signum", total_steps,
+                                          warmup_steps)
+    num_tokens_since_fired = torch.zeros(d_sae, device=device, dtype=torch.long)
+    did_fire = torch.zeros(d_sae, device=device, dtype=torch.bool)
+    state = {"step": 0}
+
+    def step_fn(x: torch.Tensor, y: torch.Tensor) -> float:
+        if state["step"] == 0:  # pre-activations centred on the inputs; b_dec the outputs' mean
+            sae.encoder.bias.data = -x.mean(0) @ sae.encoder.weight.data.T
+            sae.b_dec.data = y.mean(0).to(sae.dtype)
+        # a transcoder's decoder is neither renormalised nor its gradient projected
+        dead_mask = num_tokens_since_fired > dead_feature_threshold if auxk_alpha > 0 else None
+        total_variance = (y - y.mean(0)).pow(2).sum()
+        out = sae(x=x, y=y, dead_mask=dead_mask, total_variance=total_variance)
+        did_fire[out.latent_indices.flatten()] = True
+        loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.backward()
         opt.step()
         opt.zero_grad()
         for scheduler in schedulers:

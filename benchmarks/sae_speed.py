@@ -51,23 +51,41 @@ QUALITY_HOOK = "blocks.3.hook_resid_post"
 
 # ------------------------------------------------------------------ contenders
 def make_ours(d: int, m: int, k: int, batch: int, sparse: bool = True, lr: float | None = None,
-              torch_adam: bool = False):
+              torch_adam: bool = False, d_out: int | None = None, skip: bool = False):
+    """Our trainer's step on a TopK SAE, or with ``d_out`` a transcoder (``skip``: a skip
+    transcoder), whose ``step(x, y)`` fits the target y; returns (step, dictionary)."""
     from interp.sae.core import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, arch="topk", k=k, d_out=d_out,
+                                      skip=skip), sparse_kernels=sparse)
+    return our_step(sae, batch, lr=lr, torch_adam=torch_adam), sae
+
+
+def our_step(sae, batch: int, lr: float | None = None, torch_adam: bool = False):
+    """``step(x, y=None) -> loss``: what our trainer's ``_train_step`` does to ``sae`` (an SAE,
+    a transcoder or a cross-layer transcoder) on one batch of normalised rows: b_dec from
+    the first batch's targets, the loss with AuxK on the dead latents, ``apply_gradients``,
+    and the dead-latent bookkeeping."""
+    from interp.sae.core import SparseAutoencoder
     from interp.sae.trainer import SAEAdam, TrainConfig, apply_gradients
 
-    cfg = TrainConfig(store="-", out="-", d_sae=m, k=k, batch_size=batch)
-    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, arch="topk", k=k), sparse_kernels=sparse)
+    layer = getattr(sae.cfg, "layer", sae.cfg)  # a CLT's per-layer config, as it trains
+    cfg = TrainConfig(store="-", out="-", d_sae=layer.d_sae, k=layer.k, batch_size=batch)
+    m = sae.n_latents
     sae.train()
     opt = (torch.optim.Adam(sae.parameters(), lr=lr or cfg.learning_rate(), betas=cfg.betas)
            if torch_adam else SAEAdam(sae, lr=lr or cfg.learning_rate(), betas=cfg.betas))
     since_fired = torch.zeros(m, dtype=torch.long)
     state = {"step": 0}
 
-    def step(x: torch.Tensor) -> float:
+    def step(x: torch.Tensor, y: torch.Tensor | None = None) -> float:
         if state["step"] == 0:
-            sae.init_b_dec(x)
+            if isinstance(sae, SparseAutoencoder):
+                sae.init_b_dec(x if y is None else y)
+            else:  # a CLT: each target's b_dec (its scales are unused by the loss)
+                sae.init_from_sample(x, y)
         dead = since_fired >= cfg.dead_window_tokens
-        loss, out, _ = sae.loss(x, step=state["step"], dead=dead)
+        loss, out, _ = sae.loss(x, step=state["step"], dead=dead, y=y)
         apply_gradients(sae, opt, loss)
         with torch.no_grad():
             since_fired.add_(x.shape[0])
@@ -75,7 +93,7 @@ def make_ours(d: int, m: int, k: int, batch: int, sparse: bool = True, lr: float
         state["step"] += 1
         return float(loss.detach())
 
-    return step, sae
+    return step
 
 
 def make(name: str, d: int, m: int, k: int, batch: int, total_steps: int = 10_000):
@@ -181,7 +199,7 @@ def quality_store(path: Path):
 
 
 def quality(store, names: list[str], shape, batch: int, n_steps: int) -> dict:
-    from interp.sae.trainer import activation_scale
+    from interp.sae.core import activation_scale
 
     d, m, k = shape
     n_eval = 16384

@@ -149,9 +149,10 @@ def _train_config(args: argparse.Namespace):
     from interp.sae.trainer import FLAG_OF_SAE_FIELD, TrainConfig, objective_and_arch
 
     objective, arch = objective_and_arch(args.arch, args.e2e_act)  # --arch e2e: an objective
-    if not args.store and objective == "store":
-        raise UsageError("--store is required (only --arch e2e / e2e+ds train from tokens, "
-                         "with --model)")
+    if args.store and args.model and objective == "store":  # which rows would it train on?
+        raise UsageError("give --store (a harvested store) or --model with --tokens (its "
+                         "forward passes, no store), not both; --model with --store is for "
+                         "--arch e2e / e2e+ds")
     for flag in ("latents", "k", "batch_size", "steps", "checkpoint_every"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -163,12 +164,13 @@ def _train_config(args: argparse.Namespace):
     options = typed_options(args.option, SAEConfig, FLAG_OF_SAE_FIELD)
     return TrainConfig(store=args.store or "", out=args.out, hook=args.hook, arch=arch,
                       hook_out=args.hook_out, objective=objective,
+                      clt_layers=args.clt_layers,
                       d_sae=args.latents, k=args.k, sae_options=options,
                       batch_size=args.batch_size, steps=args.steps, lr=args.lr,
                       eval_rows=args.eval_rows, seed=args.seed,
                       checkpoint_every=args.checkpoint_every,
                       wandb_project=args.wandb_project, model=args.model,
-                      source=args.source, n_ctx=args.n_ctx,
+                      source=args.source, n_ctx=args.n_ctx, tokens=args.tokens,
                       ds_coeff=args.ds_coeff, encoder_dtype=args.encoder_dtype,
                       compile=args.compile, device=args.device,
                       **({"eval_contexts": args.eval_contexts} if args.eval_contexts else {})
@@ -184,12 +186,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"saved {args.out}: FVU {ev['fvu']:.4f}, L0 {ev['l0']:.1f}, dead "
               f"{100 * ev['dead_fraction']:.1f}%, dense {100 * ev['dense_fraction']:.1f}% "
               f"on {ev['n_tokens']:,} held-out tokens")
+        for layer in ev.get("layers", []):  # a cross-layer transcoder: each MLP output
+            print(f"  layer {layer['layer']}: FVU {layer['fvu']:.4f}, L0 {layer['l0']:.1f}, "
+                  f"dead {100 * layer['dead_fraction']:.1f}%")
 
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train an SAE on an activation store",
                        description="Train one SAE (relu, jumprelu, ksparse, topk, batchtopk, "
-                       "matryoshka, hierarchical_topk) on a harvested store; resumes from "
+                       "matryoshka, hierarchical_topk) on a harvested store, or without one "
+                       "from --model's forward passes (--tokens); resumes from "
                        "OUT/checkpoint.pt when it exists. Under torchrun it trains data-"
                        "parallel over the processes.")
     p.add_argument("--store", default=None, help="run folder or store (from interp harvest)")
@@ -199,6 +205,11 @@ def _train_parser(sub) -> None:
                    help="train a transcoder: read --hook, reconstruct this hook of the same "
                    "store, e.g. --hook blocks.1.ln2.hook_normalized --hook-out "
                    "blocks.1.hook_mlp_out (--option skip=true: a skip transcoder)")
+    p.add_argument("--clt-layers", type=int_list, default=None, metavar="L,L,...",
+                   help="train a cross-layer transcoder over these layers' MLPs: each "
+                   "layer's encoder reads blocks.L.ln2.hook_normalized and writes "
+                   "blocks.L'.hook_mlp_out for every L' >= L (the store holds them all); "
+                   "--latents and --k are per layer")
     p.add_argument("--arch", default="topk", help="relu, jumprelu, ksparse, topk (default), "
                    "batchtopk, matryoshka, hierarchical_topk; or e2e / e2e+ds, the end-to-end "
                    "objectives: an --e2e-act SAE trained from tokens through --model")
@@ -215,16 +226,23 @@ def _train_parser(sub) -> None:
     p.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="top-k family: dtype of the encoder product x @ W_enc (bfloat16 is "
                    "about 2x faster where the CPU or GPU has it; loss and gradients stay fp32)")
-    p.add_argument("--eval-rows", type=int, default=8192, help="held-out rows at the store's end")
+    p.add_argument("--eval-rows", type=int, default=8192, help="held-out rows: at the store's "
+                   "end, or (no --store) from contexts before the training ones")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="any other SAE setting, e.g. prefixes=[256,1024,4096], l1_coeff=5, "
                    "tied=true, k_start=128, k_anneal_steps=500 (repeat for several)")
     p.add_argument("--wandb-project", default=None, help="also log to W&B (when installed)")
-    p.add_argument("--model", default=None, help="e2e: the model to splice the SAE into")
-    p.add_argument("--source", default=None, help="e2e: token source (default: the model's)")
-    p.add_argument("--n-ctx", type=int, default=None, help="e2e: context length")
+    p.add_argument("--model", default=None, help="e2e: the model to splice the SAE into; "
+                   "without --store: train from this model's forward passes (with --tokens), "
+                   "for models too large to harvest")
+    p.add_argument("--tokens", type=int, default=None, help="without --store: training tokens "
+                   "streamed from --model (default steps: one pass over them)")
+    p.add_argument("--source", default=None, help="e2e or no --store: token source (default: "
+                   "the model's)")
+    p.add_argument("--n-ctx", type=int, default=None, help="e2e or no --store: context length "
+                   "(default: the model's, at most 128)")
     p.add_argument("--e2e-act", default="topk", choices=["topk", "relu"],
                    help="e2e: the spliced SAE's activation (relu adds an L1 term)")
     p.add_argument("--ds-coeff", type=float, default=1.0,
@@ -242,17 +260,51 @@ def _eval_out(args: argparse.Namespace):
     for flag in ("tokens", "contexts"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    out = eval_folder(args.sae, args.out, args.store)
+    if len(args.sae) > 1 and not args.out:
+        raise UsageError("several dictionaries are evaluated as one replacement model: give "
+                         "--out FOLDER for its eval.json")
+    if len(args.sae) > 1 and args.k is not None:
+        raise UsageError("--k evaluates one top-k SAE at k' <= k, not a replacement model")
+    out = eval_folder(args.sae[0], args.out, args.store)
     if out is None:
-        raise UsageError(f"{args.sae} is a shipped SAE, whose files are not rewritten: give "
+        raise UsageError(f"{args.sae[0]} is a shipped SAE, whose files are not rewritten: give "
                          f"--out FOLDER for its evaluation (or --store RUN to write "
                          f"RUN/evals/)")
     return out
 
 
+def _print_replacement(res: dict) -> None:
+    print(f"replacement model of {res['model']}: {len(res['names'])} dictionaries replace "
+          f"{', '.join(res['replaces'])}")
+    for d in res["dictionaries"]:
+        print(f"  {d['name']}: FVU {d['fvu']:.4f}, L0 {d['l0']:.1f}, dead "
+              f"{100 * d['dead_fraction']:.1f}%, dense {100 * d['dense_fraction']:.1f}%")
+        for layer in d.get("layers", []):
+            print(f"    layer {layer['layer']}: FVU {layer['fvu']:.4f}, L0 {layer['l0']:.1f}")
+    print(f"CE-loss recovered {res['ce_loss_recovered']:.4f} (CE {res['ce_clean']:.4f} -> "
+          f"{res['ce_replaced']:.4f}; all replaced MLPs zero-ablated {res['ce_ablated']:.4f}), "
+          f"KL {res['kl']:.4f}, top-1 agreement {100 * res['top1_agreement']:.1f}%, total L0 "
+          f"{res['total_l0']:.1f} on {res['n_tokens']:,} tokens")
+    if "legal_moves" in res:
+        lm = res["legal_moves"]
+        print(f"legal-move top-1: replaced {100 * lm['replaced']:.2f}%, original "
+              f"{100 * lm['original']:.2f}% ({lm['n_games']} games)")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from interp.sae.evaluate import evaluate_sae
 
+    from interp.sae.replacement import evaluate_replacement, is_replacement
+
+    if is_replacement(args.sae):
+
+        if args.store:
+            raise UsageError("a replacement model is evaluated on the model's own activations "
+                             "(--source, --contexts), not on a store")
+        _print_replacement(evaluate_replacement(args.sae, model=args.model, source=args.source,
+                                                contexts=args.contexts, out=args.eval_out))
+        return
+    (args.sae,) = args.sae
     res = evaluate_sae(args.sae, store=args.store, model=args.model, source=args.source,
                        tokens=args.tokens, contexts=args.contexts, k=args.k,
                        out=args.eval_out)
@@ -273,8 +325,11 @@ def _eval_parser(sub) -> None:
                        "on) and plotly figures into the SAE's folder, or --out; a shipped "
                        "SAE's files are never rewritten. The SAE is checked against the "
                        "store and the model first.")
-    p.add_argument("sae", help="SAE folder (cfg.json + sae_weights.safetensors) or a shipped "
-                   "SAE's name (see `interp saes`)")
+    p.add_argument("sae", nargs="+", help="SAE folder (cfg.json + sae_weights.safetensors) "
+                   "or a shipped SAE's name (see `interp saes`); several transcoders, a "
+                   "folder of them or a cross-layer transcoder: the replacement model (every "
+                   "MLP they cover replaced, errors dropped): CE-loss recovered, KL, top-1 "
+                   "agreement, per-layer FVU and L0; othello: legal-move accuracy")
     p.add_argument("--store", default=None, help="activation store for the reconstruction "
                    "metrics (its last --tokens rows)")
     p.add_argument("--model", default=None, help="model for the spliced metrics (default: "
@@ -633,6 +688,32 @@ def _features_parser(sub) -> None:
     p.set_defaults(func=_cmd_features)
 
 
+def _cmd_export_tracer(args: argparse.Namespace) -> str:
+    from interp.sae.tracer_export import CONFIG_FILE, export_circuit_tracer
+
+    out = export_circuit_tracer(args.sae, args.out, model_name=args.model)
+    print(f"wrote {out} in circuit-tracer's format (see {out / CONFIG_FILE}); load it with "
+          f"circuit_tracer.utils.caching.load_transcoders_from_cache({out.name!r}, "
+          f"cache_dir={str(out.resolve().parent)!r}, dtype=torch.float32)")
+    return str(out)
+
+
+def _export_tracer_parser(sub) -> None:
+    p = sub.add_parser("export-tracer", help="export transcoders in circuit-tracer's format",
+                       description="Write per-layer transcoders (one for every layer of the "
+                       "model, one width; relu, jumprelu, batchtopk or matryoshka: "
+                       "circuit-tracer has no top-k) or one cross-layer transcoder as a "
+                       "folder circuit-tracer loads: config.yaml and layer_L.safetensors "
+                       "(a CLT: W_enc_L / W_dec_L.safetensors).")
+    p.add_argument("sae", nargs="+", help="transcoder folders or shipped names, one per "
+                   "layer (or one cross-layer transcoder folder)")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--model", default=None, help="the model (default: the one the "
+                   "transcoders record)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_export_tracer)
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
     from interp.sae.release import entry_architecture, registry
 
@@ -717,7 +798,7 @@ def _add_force(p: argparse.ArgumentParser) -> None:
                    "are not what this command writes (never needed to resume)")
 
 
-PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _saes_parser, _app_parser)
+PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _export_tracer_parser, _saes_parser, _app_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,8 @@ OUTPUT_CONFIG: dict[str, Callable[[argparse.Namespace, Any], Path | None]] = {
     "circuit": _beside,
     "probe": _beside,
     "features": _beside,
+    # config.yaml there is circuit-tracer's
+    "export-tracer": _in_dir("out", "export_config.yaml"),
 }
 SAVE_BEFORE = {"demo"}  # ends by serving the app; it always starts afresh anyway
 

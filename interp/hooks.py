@@ -65,11 +65,38 @@ def hook_widths(model, hooks: list[str], n_ctx: int = 2) -> dict[str, int]:
     return widths
 
 
+def flat_units(act: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """A hook's activation (batch, position, *units) as (batch, position, width): its unit
+    dims flattened row-major, so ``attn.hook_z``'s (n_heads, d_head) becomes the heads
+    concatenated. This is the layout a store holds and a dictionary reads; reshaping the
+    result (or a reconstruction of it) to ``act.shape`` undoes it. ``width`` (a
+    dictionary's d_in) is checked, so a head's d_head is never taken for the whole width."""
+    flat = act.reshape(act.shape[0], act.shape[1], -1)
+    if width is not None and flat.shape[-1] != width:
+        raise DataError(f"the activation has units {tuple(act.shape[2:])} ({flat.shape[-1]} "
+                        f"wide), but the dictionary reads d_in={width}")
+    return flat
+
+
 # the order TransformerLens runs the hooks of one block (a prefix names a group of hooks)
 _SITE_ORDER = ("hook_resid_pre", "ln1.", "attn.hook_q", "attn.hook_k", "attn.hook_v",
                "attn.hook_rot", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
                "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.", "mlp.hook_pre",
                "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+
+
+# sites whose activation is the residual stream or a term added to it: a direction there
+# is a residual-stream direction as it stands
+_RESIDUAL_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+                   "hook_mlp_out")
+
+
+def is_residual_stream(hook: str) -> bool:
+    """Whether ``hook`` is the residual stream or a term added to it (embeddings, a block's
+    resid_pre/mid/post, attn_out, mlp_out)."""
+    if hook in ("hook_embed", "hook_pos_embed"):
+        return True
+    return layer_of(hook) is not None and _BLOCK.sub("", hook) in _RESIDUAL_SITES
 
 
 def mlp_io_hooks(layer: int) -> tuple[str, str]:

@@ -156,7 +156,7 @@ def _harvest(a) -> Plan:
 
 
 def _eval(a) -> Plan | None:
-    out = eval_folder(a.sae, a.out, a.store)
+    out = eval_folder(a.sae[0], a.out, a.store)
     if out is None:
         return None
     files = {out / "eval.json": json_with("d_sae"), out / "eval_config.yaml": config_of("eval")}
@@ -195,6 +195,31 @@ def _features(a) -> Plan | None:
     return _beside(out, "features", feature_store)
 
 
+def tracer_config(path: Path) -> bool:
+    """A circuit-tracer config.yaml (``interp export-tracer`` writes one)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "model_kind" in data and "feature_input_hook" in data
+
+
+def _export_tracer(a) -> Plan:
+    """circuit-tracer's folder: its config, and every tensor file of an earlier export
+    (the export removes those, so a folder of fewer layers holds no stale one)."""
+    from interp.sae.tracer_export import CONFIG_FILE, TENSOR_FILES
+
+    out = Path(a.out)
+    files = {out / CONFIG_FILE: tracer_config,
+             out / "export_config.yaml": config_of("export-tracer")}
+    if out.is_dir():
+        files.update({f: safetensors_file for f in out.iterdir() if TENSOR_FILES.match(f.name)})
+    return Plan(out, True, (None,), files,
+                hint="export-tracer writes a folder of its own, e.g. RUN/tracer")
+
+
 def _demo(a) -> Plan:
     out = Path(a.out)
     return Plan(out, True, ("run", None), {out / "config.yaml": config_of("demo")},
@@ -203,7 +228,7 @@ def _demo(a) -> Plan:
 
 PLANS: dict[str, Callable[[argparse.Namespace], Plan | None]] = {
     "harvest": _harvest, "train": _train, "demo": _demo, "eval": _eval, "circuit": _circuit,
-    "probe": _probe, "features": _features,
+    "probe": _probe, "features": _features, "export-tracer": _export_tracer,
 }
 
 

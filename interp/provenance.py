@@ -81,7 +81,12 @@ def _check_model(label: str, ours: tuple[str | None, str | None],
 
 
 def _hooks_and_widths(sae, hook: str) -> list[tuple[str, int, str]]:
-    """(hook, width, verb) of what the dictionary reads and, for a transcoder, writes."""
+    """(hook, width, verb) of what the dictionary reads and, for a transcoder, writes (a
+    cross-layer transcoder: every layer's input and output)."""
+    md = sae.cfg.metadata or {}
+    if md.get("hook_names_out"):
+        return ([(h, sae.cfg.layer.d_in, "reads") for h in md["hook_names"]]
+                + [(h, sae.cfg.d_out, "writes") for h in md["hook_names_out"]])
     out = [(hook, sae.cfg.d_in, "reads")]
     hook_out = (sae.cfg.metadata or {}).get("hook_name_out")
     if getattr(sae.cfg, "transcoder", False) and hook_out:

@@ -89,8 +89,20 @@ def open_run(run: str | Path) -> tuple[Path, dict]:
 
 
 def run_sae_folders(run: str | Path) -> list[Path]:
-    """The SAE folders of a run (``RUN/saes/**/cfg.json``), sorted."""
-    return sorted(p.parent for p in Path(run).glob(f"{SAES_SUBDIR}/**/cfg.json"))
+    """The SAE and transcoder folders of a run (``RUN/saes/**/cfg.json``), sorted; its
+    cross-layer transcoders are ``run_clt_folders``."""
+    from interp.sae.clt import is_clt_folder
+
+    return sorted(p.parent for p in Path(run).glob(f"{SAES_SUBDIR}/**/cfg.json")
+                  if not is_clt_folder(p.parent))
+
+
+def run_clt_folders(run: str | Path) -> list[Path]:
+    """The cross-layer transcoders of a run (``RUN/saes/**``), sorted."""
+    from interp.sae.clt import is_clt_folder
+
+    return sorted(p.parent for p in Path(run).glob(f"{SAES_SUBDIR}/**/cfg.json")
+                  if is_clt_folder(p.parent))
 
 
 def run_saes(run: str | Path, name: str | None = None) -> list[str]:

@@ -45,8 +45,8 @@ def test_required_options_and_positionals_can_come_from_the_file(tmp_path):
     assert b.hook == ["blocks.2.hook_mlp_out", "blocks.3.hook_mlp_out"]
     e = write(tmp_path / "e.yaml", "sae: runs/h/saes/topk\ntokens: 1e4\n")
     c = parse(["eval", "--config", str(e)])
-    assert c.sae == "runs/h/saes/topk" and c.tokens == 10_000
-    assert parse(["eval", "other/sae", "--config", str(e)]).sae == "other/sae"
+    assert c.sae == ["runs/h/saes/topk"] and c.tokens == 10_000  # several: a replacement
+    assert parse(["eval", "other/sae", "--config", str(e)]).sae == ["other/sae"]
     # without the file the required options are required again
     with pytest.raises(SystemExit):
         parse(["harvest", "--model", "othello"])

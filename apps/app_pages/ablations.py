@@ -16,11 +16,14 @@ MODES = {"zero ablation": "zero", "mean ablation": "mean",
 
 
 def spliced_for(model_name: str, sae_spec: str):
+    """The model with the SAE spliced in, and the hook its latents are intervened at (the
+    hook it writes: a transcoder's output hook)."""
     from interp.circuits.splice import SplicedModel
+    from interp.sae.evaluate import written_hook
 
     s = C.sae(sae_spec)
-    return SplicedModel(C.model(model_name), {s.cfg.metadata["hook_name"]: s}), \
-        s.cfg.metadata["hook_name"]
+    hook = written_hook(s)
+    return SplicedModel(C.model(model_name), {hook: s}), hook
 
 
 @st.cache_data(show_spinner=False)

@@ -33,8 +33,9 @@ key = top[0].selectbox("SAE (feature store)", list(by_key), key="feat_sae",
 info = by_key[key]
 fs = C.feature_store(str(info.feature_store))
 m = fs.meta
-st.caption(f"{m['model']} `{m['hook']}`, {fs.d_sae:,} latents, {m['n_tokens']:,} tokens "
-           f"streamed; file {info.feature_store}")
+hooks = C.hooks_text(m["hook"], m.get("hook_out"), "`")
+st.caption(f"{m['model']} {hooks}, {fs.d_sae:,} latents, {m['n_tokens']:,} tokens streamed; "
+           f"file {info.feature_store}")
 
 want = qp.get("latent")
 if "feat_latent" not in st.session_state or (want is not None

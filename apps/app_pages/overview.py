@@ -5,7 +5,8 @@ import streamlit as st
 
 import app_common as C
 from interp.runs import read_run_json
-from interp.viz.runs import fvu_l0_figure
+from interp.viz.runs import (fvu_l0_figure, replacement_evals, replacement_layers_figure,
+                             replacement_row)
 
 st.title("Overview")
 run = C.existing_run()
@@ -34,6 +35,17 @@ st.dataframe([i.row() for i in infos], hide_index=True, width="stretch")
 st.caption("`run`: trained in this run (RUN/saes/); `shipped`: in saes/registry.json for "
            "this model (`interp saes`); `store`: known only from a feature store.")
 st.plotly_chart(fvu_l0_figure(infos), width="stretch")
+
+replacements = replacement_evals(run, model_name)
+if replacements:
+    st.subheader("Replacement models")
+    st.dataframe([replacement_row(ev) for ev in replacements], hide_index=True,
+                 width="stretch")
+    st.caption("Every MLP a transcoder set or a cross-layer transcoder covers replaced by "
+               "its prediction, error terms dropped (`interp eval SET_OR_CLT`): CE-loss "
+               "recovered against all those MLPs zero-ablated, KL and top-1 agreement with "
+               "the model; for othello the legal-move top-1 accuracy of both.")
+    st.plotly_chart(replacement_layers_figure(replacements), width="stretch")
 
 left, right = st.columns(2)
 with left:

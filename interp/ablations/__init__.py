@@ -1,7 +1,10 @@
 """Ablation and steering experiments on SAE latents or neurons, and SHIFT-style checks.
 
 All interventions on SAE latents go through ``interp.circuits.splice.SplicedModel`` (the
-error term is kept, so only the chosen latents change the activation):
+error term is kept, so only the chosen latents change the activation). ``hook`` is where the
+dictionary is spliced, the hook it writes: a transcoder's output hook (``hook_mlp_out``),
+whose latents are computed from its input hook and whose MLP is replaced by it plus its
+error, so ablating or steering its latent moves the MLP's output by the decoder row:
 
 - ``ablate_latents``: set latents to zero, to their mean over reference prompts (per
   position), or to their values on another (resampled) reference prompt;
@@ -24,6 +27,7 @@ import torch
 
 from interp.circuits.splice import SplicedModel
 from interp.errors import DataError, unknown
+from interp.hooks import flat_units
 
 MODES = ("zero", "mean", "resample")
 
@@ -260,7 +264,7 @@ def shift(spliced: SplicedModel, hook: str, latents: list[int], probe_hook: str,
             spliced.run(tokens, interventions)
         finally:
             spliced.model.reset_hooks()
-        return keep["x"].reshape(*keep["x"].shape[:2], -1)[rows[:, 0], rows[:, 1]].float()
+        return flat_units(keep["x"])[rows[:, 0], rows[:, 1]].float()
 
     def ablate(name, a, e):
         a = a.clone()

@@ -30,7 +30,7 @@ from interp.activations.store import open_store  # noqa: F401
 from interp.activations.store import DTYPES, STORE_SUBDIR, ActivationStore, StoreWriter, store_path
 from interp.data.sources import default_source  # noqa: F401  (re-exported: its old home)
 from interp.errors import DataError, Interrupted, unknown
-from interp.hooks import default_n_ctx, hook_widths, stop_layer, validate_hooks
+from interp.hooks import default_n_ctx, flat_units, hook_widths, stop_layer, validate_hooks
 from interp.version import code_version
 
 log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
@@ -103,6 +103,15 @@ def harvest(cfg: HarvestConfig, model=None, progress: bool = True) -> Activation
     return ActivationStore(path)
 
 
+def harvest_plan(cfg: HarvestConfig, model=None, device: str = "cpu") -> "_Plan":
+    """The harvest's checks and shapes without writing anything: the model loaded and
+    checked against the hooks, context length and source; the kept positions, the hooks'
+    widths, the context count. An activation stream (``stream.py``) reads by this plan, so
+    it yields the rows a harvest of the same settings would store."""
+    cfg.validate()
+    return _Plan.make(cfg, model, device)
+
+
 @dataclass
 class _Plan:
     """What a harvest needs once the model is loaded: source, shapes, context count."""
@@ -167,7 +176,7 @@ def _harvest_range(plan: _Plan, writer: StoreWriter, start: int, stop: int,
 
     def capture(act, hook):
         a = act[:, positions[0]:positions[-1] + 1] if contiguous else act.index_select(1, pos_index)
-        captured[hook.name] = a.reshape(a.shape[0], a.shape[1], -1)
+        captured[hook.name] = flat_units(a)  # the store's layout: units flattened
 
     def token_batches():
         it = contexts_range(plan.source, plan.n_ctx, first, stop)

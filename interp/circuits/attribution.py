@@ -103,7 +103,7 @@ class PatchValues:
         for h, sae in self.spliced.saes.items():
             if self.kind == "zero":
                 zero = torch.zeros(())
-                out[h] = (zero.expand(n, t, sae.cfg.d_sae), zero.expand(n, t, sae.cfg.d_in))
+                out[h] = (zero.expand(n, t, sae.cfg.d_sae), zero.expand(n, t, sae.cfg.out_dim))
             else:
                 a, e = self.means[h]
                 out[h] = (a.expand(n, *a.shape), e.expand(n, *e.shape))

@@ -30,14 +30,16 @@ class CircuitConfig:
 
 
 def saes_for(names: list[str]) -> dict:
-    """{hook: SAE} from registry names or SAE folders (the hook from each SAE's metadata)."""
+    """{hook: SAE} from registry names or SAE folders (the hook from each SAE's metadata; a
+    transcoder's is the hook it writes, where ``SplicedModel`` splices it)."""
     from interp.hooks import sae_hook
     from interp.runs import resolve_sae
+    from interp.sae.evaluate import written_hook
 
     out = {}
     for name in names:
         sae = resolve_sae(name).sae
-        hook = sae_hook(sae, name)
+        hook = written_hook(sae) or sae_hook(sae, name)
         if hook in out:
             raise DataError(f"two SAEs for {hook}: splice one SAE per hook")
         out[hook] = sae

@@ -11,16 +11,30 @@ upstream gradients are the original model's:
 Nodes of a circuit are (hook, position, latent) and (hook, position, error). Interventions
 (patching, ablation, steering) replace ``a`` and/or ``err`` at a hook and the output becomes
 ``x + (a' - a) @ W_dec + (err' - err)``, which leaves every unchanged coordinate exact.
+
+A hook with several unit dims (``attn.hook_z``: heads x d_head) is spliced in its flattened
+(B, T, n_heads * d_head) layout, the layout its SAE was trained on, and handed back to the
+model in its own shape.
+
+A transcoder is spliced at the hook it writes (e.g. ``blocks.L.hook_mlp_out``), keyed by
+that hook: its latents are computed from the hook it reads (``blocks.L.ln2.hook_normalized``)
+in the same forward pass, and its error is ``err = y - y_hat`` with ``y`` the true output
+(the MLP's) and ``y_hat`` its full prediction. The MLP is thus replaced by the transcoder
+plus its error: unchanged output without interventions, and ablating or steering a latent
+moves the output hook by ``(a' - a) @ W_dec``. A skip transcoder's ``x_in @ W_skip`` is
+not a node: like the residual stream around the MLP, it follows its input as the model runs.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from interp.errors import DataError, unknown
+from interp.hooks import flat_units
 from interp.sae.core import SparseAutoencoder
 
 # intervention(hook, acts (B, T, m), err (B, T, d)) -> (acts', err'), either may be unchanged
@@ -31,7 +45,8 @@ Intervention = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, t
 class HookState:
     """One spliced hook in one forward pass."""
 
-    x: torch.Tensor      # (B, T, d) the original activation
+    x: torch.Tensor      # (B, T, d) the original activation, units flattened (flat_units);
+    #                      a transcoder's: the hook it writes (its d is d_out)
     acts: torch.Tensor   # (B, T, m) the SAE's latents (dense; a leaf when tracking grads)
     err: torch.Tensor    # (B, T, d) x - x_hat (a leaf when tracking grads)
 
@@ -75,18 +90,45 @@ class SplicedModel:
             sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
             self.saes[hook] = sae.eval()
         self.hooks = sorted(self.saes, key=order.index)  # in the model's order
+        # {hook written: hook read} of the transcoders, whose latents come from another hook
+        self.reads: dict[str, str] = {}
         for hook in self.hooks:  # another model's SAE, or another hook's, is refused
-            check_dictionary(self.saes[hook], name=f"for {hook}", model=model, hook=hook)
+            read = self._hook_read(hook, self.saes[hook])
+            check_dictionary(self.saes[hook], name=f"for {hook}", model=model, hook=read)
+            if read != hook:
+                self.reads[hook] = read
+
+    @staticmethod
+    def _hook_read(hook: str, sae: SparseAutoencoder) -> str:
+        """The hook whose activation the dictionary spliced at ``hook`` encodes: ``hook``
+        for an SAE; a transcoder's input hook (``hook`` must be the one it writes)."""
+        if not sae.cfg.transcoder:
+            return hook
+        from interp.sae.evaluate import written_hook
+
+        read, written = (sae.cfg.metadata or {}).get("hook_name"), written_hook(sae)
+        if not read or not written:
+            raise DataError(f"the transcoder for {hook} does not record the hooks it reads "
+                            f"and writes (metadata hook_name, hook_name_out)")
+        if hook != written:
+            raise DataError(f"the transcoder given for {hook} reads {read} and writes "
+                            f"{written}: splice it at {written}, where its latents and error "
+                            f"are nodes")
+        return read
 
     # -------------------------------------------------------------- encoding
-    def encode(self, hook: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(acts (B, T, m), err (B, T, d)) of the SAE at ``hook`` for activations x."""
+    def encode(self, hook: str, x: torch.Tensor, x_in: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acts (B, T, m), err (B, T, d)) of the SAE at ``hook`` for activations x
+        (B, T, *units), units flattened to d (``flat_units``). A transcoder's latents come
+        from ``x_in``, the activation of the hook it reads, and ``err = x - y_hat``."""
         sae = self.saes[hook]
-        shape = x.shape
+        x = flat_units(x, sae.cfg.out_dim)
+        x_in = x if x_in is None else flat_units(x_in, sae.cfg.d_in)
         with torch.no_grad():
-            out = sae(x.reshape(-1, shape[-1]).float())
-            acts = out.dense().reshape(*shape[:-1], -1)
-            err = (x.float() - out.x_hat.reshape(shape)).to(x.dtype)
+            out = sae(x_in.reshape(-1, sae.cfg.d_in).float())
+            acts = out.dense().reshape(*x.shape[:2], -1)
+            err = (x.float() - out.x_hat.reshape(x.shape)).to(x.dtype)
         return acts, err
 
     def decode_delta(self, hook: str, delta_acts: torch.Tensor) -> torch.Tensor:
@@ -110,7 +152,7 @@ class SplicedModel:
         ``capture`` names hooks (at or after the last spliced one) whose output is kept in
         ``result.captured``, differentiably: metrics that read a feature rather than logits.
 
-        One function of ~70 lines on purpose: the hook closures share this call's state
+        One function of ~80 lines on purpose: the hook closures share this call's state
         (the result, the interventions, the mode), and the modes are read best side by side.
         """
         interventions = dict(interventions or {})
@@ -121,12 +163,20 @@ class SplicedModel:
         if graph and interventions:
             raise DataError("graph mode runs the clean model; interventions are not allowed")
         result = SpliceResult(logits=torch.empty(0))
+        inputs: dict[str, torch.Tensor] = {}  # a transcoder's input, by the hook it writes
 
-        def splice(x: torch.Tensor, hook) -> torch.Tensor:
+        def keep_input(t: torch.Tensor, hook, written: str) -> None:
+            inputs[written] = t
+
+        def splice(x_hook: torch.Tensor, hook) -> torch.Tensor:
+            # nodes live in the flattened (B, T, d) layout; the model gets its own shape back
             name = hook.name
+            x = flat_units(x_hook, self.saes[name].cfg.out_dim)
+            x_in = (flat_units(inputs.pop(name), self.saes[name].cfg.d_in)
+                    if name in self.reads else x)
             if graph:
-                return self._splice_graph(name, x, result)
-            acts, err = self.encode(name, x.detach())
+                return self._splice_graph(name, x, x_in, result).reshape(x_hook.shape)
+            acts, err = self.encode(name, x.detach(), x_in.detach())
             state = HookState(x=x, acts=acts, err=err)
             if name in interventions:
                 new_acts, new_err = interventions[name](name, acts, err)
@@ -143,9 +193,11 @@ class SplicedModel:
                 rec = self.decode_delta(name, state.acts).to(x.dtype)
                 x = x + (rec - rec.detach()) + (state.err - state.err.detach())
             result.hooks[name] = state
-            return x
+            return x.reshape(x_hook.shape)
 
-        fwd = [(h, splice) for h in self.hooks]
+        # a transcoder reads its input after any splice there (graph mode: through its nodes)
+        fwd = [(h, splice) for h in self.hooks] + [
+            (read, partial(keep_input, written=h)) for h, read in self.reads.items()]
         order = list(self.model.hook_dict)
         for h in capture:
             if h not in self.model.hook_dict:
@@ -167,20 +219,30 @@ class SplicedModel:
                                                       stop_at_layer=stop_at_layer)
         return result
 
-    def _splice_graph(self, name: str, x: torch.Tensor, result: SpliceResult) -> torch.Tensor:
+    def _splice_graph(self, name: str, x: torch.Tensor, x_in: torch.Tensor,
+                      result: SpliceResult) -> torch.Tensor:
+        """``x`` (B, T, d), units already flattened; ``x_in`` is ``x`` for an SAE, a
+        transcoder's input (B, T, d_in) otherwise."""
         sae = self.saes[name]
-        shape = x.shape
+        same = x_in is x
         if not x.requires_grad:  # the first hook of a frozen model: its nodes still need grads
             x = x.detach().requires_grad_(True)
-        out = sae(x.reshape(-1, shape[-1]).float())
+        if same or not x_in.requires_grad:
+            x_in = x if same else x_in.detach().requires_grad_(True)
+        flat_in = x_in.reshape(-1, sae.cfg.d_in).float()
+        out = sae(flat_in)
         # two copies of the latents: the node (acts) reaches the output only through the
         # decoder, its twin only through the error, so that d out / d acts = W_dec and
-        # d out / d err = I while d out / d x stays the identity
-        acts, twin = _Fork.apply(out.dense().reshape(*shape[:-1], -1))
+        # d out / d err = I while d out / d x stays the identity (a transcoder: x is its
+        # output, so d out / d its input stays the MLP's own Jacobian)
+        acts, twin = _Fork.apply(out.dense().reshape(*x.shape[:2], -1))
         rec = self.decode_delta(name, acts).to(x.dtype)
-        err = x - self.decode_delta(name, twin).to(x.dtype) - sae.b_dec.detach().to(x.dtype)
+        skip = sae.skip_term(flat_in)  # not a node: its gradient cancels out of node_sum
+        skip = 0.0 if skip is None else skip.reshape(x.shape).to(x.dtype)
+        err = (x - self.decode_delta(name, twin).to(x.dtype) - sae.b_dec.detach().to(x.dtype)
+               - skip)
         acts.retain_grad()
         err.retain_grad()
         result.hooks[name] = HookState(x=x, acts=acts, err=err)
-        node_sum = rec + err  # == x - b_dec; its gradient reaches x through acts and err
+        node_sum = rec + skip + err  # == x - b_dec; its gradient reaches x via acts and err
         return x.detach() + (node_sum - node_sum.detach())

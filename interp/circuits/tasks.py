@@ -51,7 +51,8 @@ class Readout:
 
     @classmethod
     def from_sae(cls, sae, latent: int) -> "Readout":
-        """Latent ``latent`` of ``sae`` (at the hook in its metadata)."""
+        """Latent ``latent`` of ``sae`` (at the hook in its metadata: the hook it reads, a
+        transcoder's input hook); the bias is its pre-activation at x = 0."""
         from interp.hooks import sae_hook
 
         hook = sae_hook(sae)
@@ -60,7 +61,7 @@ class Readout:
                             f"0..{sae.cfg.d_sae - 1}")
         with torch.no_grad():
             w = sae.W_enc[:, latent].float().clone()
-            bias = float(sae.b_enc[latent] - sae.b_dec @ w)
+            bias = float(sae.encode_pre(sae.b_enc.new_zeros(1, sae.cfg.d_in))[0, latent])
         return cls(hook, w, bias, f"{hook} latent {latent}")
 
     @classmethod

@@ -12,7 +12,7 @@ context length, an SAE by name or folder; ``RUN/features/<sae>.duckdb`` by defau
    by the accumulator (``interp.features.accumulate``: top-n examples, interval samples,
    histograms, token counts, in memory independent of the number of tokens);
 3. computes the logit effects of the decoder rows (``interp.features.logits``: (d_sae, m)
-   top and bottom tokens each);
+   top and bottom tokens each; a transcoder's from the hook it writes);
 4. writes the DuckDB file atomically (``interp.features.write``).
 
 Also here: the rule that names a build's output (:func:`default_out`), which the CLI's
@@ -39,7 +39,7 @@ from interp.features.config import FeatureConfig, parse_window
 from interp.features.logits import logit_effects
 from interp.features.write import (FORMAT, FORMAT_VERSION, remove_stale_temps, temp_path,
                                    write_store)
-from interp.hooks import default_n_ctx, sae_hook, stop_layer
+from interp.hooks import default_n_ctx, flat_units, sae_hook, stop_layer
 from interp.runs import open_run, resolve_sae
 from interp.version import code_version
 
@@ -112,7 +112,8 @@ def stream_features(model, sae, hook: str, source, cfg: FeatureConfig,
         for tokens in prefetch(batches(source, n_ctx, cfg.batch_size, max_contexts=n_contexts)):
             tm = time.perf_counter()
             model(tokens.to(model.cfg.device), stop_at_layer=stop)
-            x = captured.pop("x").reshape(-1, sae.cfg.d_in).to(sae.W_dec.device)
+            x = flat_units(captured.pop("x"), sae.cfg.d_in).reshape(-1, sae.cfg.d_in)
+            x = x.to(sae.W_dec.device)
             codes = encode(sae, x)
             if x.is_cuda:
                 torch.cuda.synchronize()
@@ -135,6 +136,7 @@ def build_feature_store(model, sae, hook: str, source, cfg: FeatureConfig, out: 
     (a .duckdb file, replaced atomically). ``meta`` is added to the store's metadata."""
     from interp.models import token_strings
     from interp.provenance import check_dictionary, model_name_of
+    from interp.sae.evaluate import written_hook
 
     cfg.validate()
     model_name = str((meta or {}).get("model") or model_name_of(model))
@@ -149,7 +151,8 @@ def build_feature_store(model, sae, hook: str, source, cfg: FeatureConfig, out: 
     metadata = {
         "format": FORMAT, "version": FORMAT_VERSION, "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model_name,
-        "hook": hook, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "arch": sae.cfg.arch,
+        "hook": hook, **({"hook_out": written_hook(sae)} if sae.cfg.transcoder else {}),
+        "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "arch": sae.cfg.arch,
         "d_vocab": model.cfg.d_vocab, "n_tokens": acc.n_tokens, "n_contexts": acc.n_contexts,
         "n_ctx": info["n_ctx"], "first_pos": acc.first_pos,
         "source": getattr(source, "describe", lambda: str(source))(),

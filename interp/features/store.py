@@ -3,9 +3,11 @@
 Schema (every table sorted by its lookup key, which also has an index):
 
 ``metadata(key VARCHAR PRIMARY KEY, value VARCHAR)``
-    JSON values: format, version, code_version, created, run, sae, sae_name, model, hook,
-    d_in, d_sae, arch, d_vocab, n_tokens, n_contexts, n_ctx, first_pos, source, config,
-    hist_edges, logit_effects, stream_seconds, build_seconds.
+    JSON values: format, version, code_version, created, run, sae, sae_name, model, hook
+    (the hook the codes are computed from), hook_out (a transcoder's only: the hook it
+    writes, whose space its logit effects come from), d_in, d_sae, arch, d_vocab,
+    n_tokens, n_contexts, n_ctx, first_pos, source, config, hist_edges, logit_effects,
+    stream_seconds, build_seconds.
 ``features`` (one row per latent)
     latent INTEGER, count BIGINT (tokens it fires on), density DOUBLE (count / n_tokens),
     mean_act DOUBLE (mean over the tokens it fires on), mean_all DOUBLE (over all tokens),

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from interp.errors import DataError, unknown
-from interp.hooks import sae_hook
+from interp.hooks import flat_units, sae_hook
 
 PROBE_OTHELLO_SEED = 424_242
 OTHELLO_KINDS = ("empty", "mine", "theirs", "legal", "flipped")
@@ -328,8 +328,7 @@ def probe_features(model, ds: ProbeDataset, source: str, saes: dict | None = Non
     feats, ys = [], []
     for i in range(0, ds.tokens.shape[0], batch_size):
         _, cache = model.run_with_cache(ds.tokens[i:i + batch_size], names_filter=[hook])
-        act = cache[hook]
-        act = act.reshape(*act.shape[:2], -1)
+        act = flat_units(cache[hook], sae.cfg.d_in if sae is not None else None)
         if sae is not None:
             b, t, d = act.shape
             act = sae(act.reshape(-1, d).float()).dense().reshape(b, t, -1)

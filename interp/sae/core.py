@@ -109,6 +109,7 @@ ARCHS: dict[str, Architecture] = {a.name: a for a in (
 )}
 ARCHITECTURES = tuple(ARCHS)
 DEFAULT_ARCH = "topk"
+DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
 # SAELens architecture name -> ours, for folders SAELens wrote
 FROM_SAELENS = {s: a.name for a in ARCHS.values() for s in a.saelens_reads}
 
@@ -275,6 +276,14 @@ class SAEOutput:
         if self.acts is not None:
             return (self.acts != 0).sum(1)
         return (self.values != 0).sum(1)
+
+
+def activation_scale(sample: torch.Tensor) -> float:
+    """s such that E||s x||^2 = d_in over the sample."""
+    ms = float(sample.double().square().sum(1).mean())
+    if ms <= 0:
+        raise DataError("the activation sample is all zeros; cannot normalize it")
+    return math.sqrt(sample.shape[1] / ms)
 
 
 def sum_sq_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -483,6 +492,36 @@ class SparseAutoencoder(nn.Module):
     def decoder_parameter(self) -> nn.Parameter:
         """The (d_sae, d_in) parameter whose rows are the decoder directions."""
         return self._W_enc if self.cfg.tied else self._W_dec
+
+    # what the trainer asks of a dictionary (a CrossLayerTranscoder answers the same)
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.d_sae
+
+    def unit_norm_parameters(self) -> list[nn.Parameter]:
+        """The parameters whose rows the optimizer keeps on the unit sphere."""
+        return [self.decoder_parameter()] if self.cfg.unit_norm_decoder else []
+
+    def synced_buffers(self) -> list[torch.Tensor]:
+        """Running statistics every data-parallel process must agree on (the batch top-k
+        inference threshold)."""
+        return [self.threshold] if self.architecture.batch_topk else []
+
+    @property
+    def input_scale(self) -> float:
+        return float(self.activation_scale)
+
+    @torch.no_grad()
+    def init_from_sample(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """The activation scales from a sample of inputs x and targets y (y is x for an
+        SAE) and b_dec from the normalised targets; returns (scale, scale_out)."""
+        scale = activation_scale(x)
+        self.activation_scale.fill_(scale)
+        scale_out = activation_scale(y) if self.cfg.transcoder else scale
+        if self.cfg.transcoder:
+            self.activation_scale_out.fill_(scale_out)
+        self.init_b_dec(y * scale_out)
+        return scale, scale_out
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -693,7 +732,8 @@ class SparseAutoencoder(nn.Module):
             mse = sum_sq_error(out.x_hat, y)
         terms = {"mse": mse, **self.sparsity_terms(out)}
         if arch.aux_k and dead is not None and dead.any():
-            terms["aux"] = self.cfg.aux_alpha * self.aux_loss(x, out, dead, y)
+            terms["aux"] = self.cfg.aux_alpha * self.aux_loss(x, out, dead,
+                                                              (y - out.x_hat).detach())
         total = sum(terms.values())
         return total, out, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -710,11 +750,11 @@ class SparseAutoencoder(nn.Module):
         return {}
 
     def aux_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor,
-                 y: torch.Tensor | None = None) -> torch.Tensor:
-        """AuxK: the top k_aux dead latents reconstruct the main residual ``y - y_hat``
-        (Gao et al.; y = x for an SAE). k_aux defaults to half the residual's width."""
+                 residual: torch.Tensor) -> torch.Tensor:
+        """AuxK: the top k_aux dead latents reconstruct the main ``residual`` (B, d_out),
+        ``y - y_hat`` detached (Gao et al.; a CLT passes the residual of the outputs this
+        layer writes). k_aux defaults to half the residual's width."""
         k_aux = min(self.cfg.k_aux or self.cfg.out_dim // 2, int(dead.sum()))
-        residual = ((x if y is None else y) - out.x_hat).detach()
         if out.scores is not None:
             scores, bias = out.scores
             values, indices = kernels.topk_rows(scores, bias.masked_fill(~dead, -math.inf), k_aux)

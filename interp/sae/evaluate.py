@@ -11,9 +11,9 @@ import torch
 from interp.data.sources import OthelloSource, check_fits, make_source
 from interp.data.sources import batches as token_batches
 from interp.errors import DataError, InterpError, unknown
-from interp.sae.core import SparseAutoencoder
+from interp.hooks import flat_units
+from interp.sae.core import DENSE_FREQUENCY, SparseAutoencoder
 
-DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
 
 
 @torch.no_grad()
@@ -63,8 +63,9 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable, scale: flo
 
 
 def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = None):
-    """A TransformerLens hook function that replaces an activation (..., d_in) by the
-    SAE's reconstruction; the forward output is stored in ``keep["out"]`` when given."""
+    """A TransformerLens hook function that replaces an activation (batch, pos, *units)
+    by the SAE's reconstruction (units flattened to d_in and back: ``flat_units``); the
+    forward output is stored in ``keep["out"]`` when given."""
 
     if sae.cfg.transcoder:  # its output belongs at another hook: splice_hooks puts it there
         raise DataError("a transcoder cannot be spliced at one hook: it reads "
@@ -72,11 +73,10 @@ def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = 
                         f"{sae.cfg.metadata.get('hook_name_out')}")
 
     def hook_fn(act, hook):
-        shape = act.shape
-        out = sae(act.reshape(-1, shape[-1]) * scale)
+        out = sae(flat_units(act, sae.cfg.d_in).reshape(-1, sae.cfg.d_in) * scale)
         if keep is not None:
             keep["out"] = out
-        return (out.x_hat / scale).reshape(shape).to(act.dtype)
+        return (out.x_hat / scale).reshape(act.shape).to(act.dtype)
 
     return hook_fn
 
@@ -85,6 +85,8 @@ def splice_hooks(sae: SparseAutoencoder) -> list[tuple[str, object]]:
     """The TransformerLens hooks that put a saved dictionary into its model: an SAE replaces
     its hook by its reconstruction; a transcoder keeps its input hook's activation and
     replaces its output hook by its prediction from it (the MLP replaced)."""
+    if not isinstance(sae, SparseAutoencoder):  # a cross-layer transcoder splices itself
+        return sae.splice_hooks()
     md = sae.cfg.metadata or {}
     if not sae.cfg.transcoder:
         return [(md.get("hook_name"), splice_hook(sae))]
@@ -94,9 +96,9 @@ def splice_hooks(sae: SparseAutoencoder) -> list[tuple[str, object]]:
         kept["x"] = act
 
     def predict(act, hook):
-        x = kept.pop("x")
-        y_hat = sae(x.reshape(-1, x.shape[-1]).float()).x_hat
-        return y_hat.reshape(act.shape).to(act.dtype)
+        x = flat_units(kept.pop("x"), sae.cfg.d_in).reshape(-1, sae.cfg.d_in)
+        flat_units(act, sae.cfg.out_dim)  # the output hook's width checked the same way
+        return sae(x.float()).x_hat.reshape(act.shape).to(act.dtype)
 
     return [(md.get("hook_name"), keep_input), (md.get("hook_name_out"), predict)]
 

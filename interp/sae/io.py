@@ -19,6 +19,10 @@ the output hook as metadata ``hook_name_out``). SAELens has no top-k transcoder:
 hierarchical_topk and ksparse transcoders are written as ``interp_<arch>_transcoder``,
 which SAELens refuses and :func:`load_sae` reads.
 
+An SAE of ``attn.hook_z`` (d_in = n_heads * d_head, heads concatenated) is written with
+``reshape_activations: "hook_z"``: SAELens then reads the hook's own (..., n_heads, d_head)
+activations, as our splice does (``interp.hooks.flat_units``).
+
 Our own full config is stored under the ``interp`` key of ``cfg.json`` (SAELens ignores
 keys it does not know), so :func:`load_sae` restores the exact architecture. Folders that
 SAELens wrote (standard, topk, jumprelu, batchtopk) load too.
@@ -65,7 +69,8 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None =
         "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": not cfg.transcoder,
         "normalize_activations": "none",
-        "reshape_activations": "none", "metadata": meta, "interp": ours,
+        "reshape_activations": saelens_reshape(cfg, meta.get("hook_name")),
+        "metadata": meta, "interp": ours,
     }
     if cfg.transcoder:
         cfg_json["d_out"] = cfg.d_out
@@ -85,6 +90,16 @@ def saelens_form(cfg: SAEConfig) -> str:
     if base is None:  # no SAELens form: a name SAELens refuses rather than misreads
         return f"interp_{cfg.arch}_{'skip_' if cfg.skip else ''}transcoder"
     return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
+
+
+def saelens_reshape(cfg: SAEConfig, hook: str | None) -> str:
+    """SAELens's ``reshape_activations``: ``hook_z`` for an SAE reading ``attn.hook_z``, so
+    that SAELens takes (..., n_heads, d_head) input, flattens it as we do (heads
+    concatenated) and gives its reconstruction back in that shape; "none" otherwise (a
+    transcoder's output is not laid out as heads, so it is never reshaped)."""
+    if hook and hook.endswith("attn.hook_z") and not cfg.transcoder:
+        return "hook_z"
+    return "none"
 
 
 def _sae_lens_format_version() -> str:
@@ -116,7 +131,14 @@ def _config_of(raw: dict, cfg_path: Path) -> SAEConfig:
 
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """An SAE from a folder written by :func:`save_sae` or by SAELens."""
+    from interp.sae.clt import is_clt_folder
+
     folder = Path(folder)
+    if is_clt_folder(folder):
+        raise DataError(f"{folder} is a cross-layer transcoder (one encoder per layer, "
+                        f"decoders to every later MLP): `interp eval` evaluates it as a "
+                        f"replacement model; this command takes an SAE or a per-layer "
+                        f"transcoder")
     cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
     for p in (cfg_path, w_path):
         if not p.exists():

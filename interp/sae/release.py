@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp.errors import unknown
+from interp.hooks import mlp_io_hooks
 from interp.models.zoo import REPO_ROOT
 # the registry is read where names resolve (interp.runs); importable from here as before
 from interp.runs import REGISTRY, SAES_DIR, list_saes, load_pretrained, registry
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)  # notes; the CLI shows them on stdout
 @dataclass(frozen=True)
 class ReleaseSpec:
     model: str
-    hook: str
+    hook: str | None                 # None: a cross-layer transcoder (clt_layers)
     arch: str                        # as `interp train --arch`: an architecture, or e2e / e2e+ds
     d_sae: int = 2048
     k: int = 16
@@ -38,14 +39,58 @@ class ReleaseSpec:
     batch_size: int = 4096
     lr: float | None = None
     options: dict = field(default_factory=dict)
+    hook_out: str | None = None      # a transcoder's output hook
+    clt_layers: tuple[int, ...] | None = None
+    label: str | None = None         # its name under the model (default HOOK/ARCH), e.g.
+    #                                  plt/L3: a member of the set plt (saes/othello/plt/)
+    store_hooks: tuple[str, ...] | None = None  # the shared store's hooks (default: hook)
+    store_name: str | None = None    # the shared store's folder under --work
 
     @property
     def name(self) -> str:
-        return f"{self.model}/{self.hook}/{self.arch}"
+        return f"{self.model}/{self.label or f'{self.hook}/{self.arch}'}"
 
     @property
     def folder(self) -> Path:
-        return SAES_DIR / self.model / self.hook / self.arch
+        return SAES_DIR / self.model / (self.label or f"{self.hook}/{self.arch}")
+
+    @property
+    def set_name(self) -> str | None:
+        """The set this dictionary belongs to (``othello/plt``), evaluated as one
+        replacement model once all its members are built."""
+        return self.name.rsplit("/", 1)[0] if self.label and "/" in self.label else None
+
+    @property
+    def store(self) -> str:
+        return self.store_name or f"{self.model}-{self.hook}"
+
+
+def _mlp_store(n_layers: int) -> tuple[str, ...]:
+    return tuple(h for L in range(n_layers) for h in mlp_io_hooks(L))
+
+
+def transcoder_specs(model: str, n_layers: int, label: str, arch: str = "topk",
+                     **settings) -> list[ReleaseSpec]:
+    """One per-layer transcoder per MLP, a set named ``label`` (``plt``, ``skip_plt``),
+    all trained from one store of every MLP's input and output."""
+    return [ReleaseSpec(model, mlp_io_hooks(L)[0], arch, hook_out=mlp_io_hooks(L)[1],
+                        label=f"{label}/L{L}", store_hooks=_mlp_store(n_layers),
+                        store_name=f"{model}-mlp-io", **settings)
+            for L in range(n_layers)]
+
+
+def clt_spec(model: str, n_layers: int, arch: str = "topk", **settings) -> ReleaseSpec:
+    """A cross-layer transcoder over every MLP, from the same store as the PLTs."""
+    return ReleaseSpec(model, None, arch, clt_layers=tuple(range(n_layers)), label="clt",
+                       store_hooks=_mlp_store(n_layers), store_name=f"{model}-mlp-io",
+                       **settings)
+
+
+def attn_specs(model: str, n_layers: int, **settings) -> list[ReleaseSpec]:
+    """An attention-output SAE (heads concatenated at attn.hook_z) per layer, set attn."""
+    hooks = tuple(f"blocks.{L}.attn.hook_z" for L in range(n_layers))
+    return [ReleaseSpec(model, hooks[L], "topk", label=f"attn/L{L}", store_hooks=hooks,
+                        store_name=f"{model}-attn-z", **settings) for L in range(n_layers)]
 
 
 OTHELLO_HOOK = "blocks.3.hook_resid_post"
@@ -78,9 +123,8 @@ def entry_architecture(entry: dict):
 
 
 def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
-    """Train, evaluate and register one shipped SAE (its store is harvested once)."""
-    from interp.activations.harvest import HarvestConfig, harvest
-    from interp.sae.evaluate import evaluate_sae
+    """Train, evaluate and register one shipped dictionary (its store is harvested once,
+    shared by the specs that name the same ``store``)."""
     from interp.sae.trainer import TrainConfig, objective_and_arch, train_sae
 
     if spec.folder.exists():
@@ -88,35 +132,95 @@ def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
             log.info(f"{spec.name}: already built ({spec.folder}); --force rebuilds it")
             return registry().get(spec.name, {})
         shutil.rmtree(spec.folder)
-    store = work / f"{spec.model}-{spec.hook}"
-    if (store / "activations" / "manifest.json").exists() and not _store_is_current(store,
-                                                                                   spec.model):
-        log.info(f"{store} was harvested from another version of {spec.model}: harvesting again")
-        shutil.rmtree(store)
     objective, arch = objective_and_arch(spec.arch)
-    if objective == "store" and not (store / "activations" / "manifest.json").exists():
-        harvest(HarvestConfig(model=spec.model, hooks=[spec.hook], out=str(store),
-                              n_tokens=HARVEST_TOKENS[spec.model], batch_size=128))
-    cfg = TrainConfig(store=str(store), out=str(spec.folder), hook=spec.hook, arch=arch,
-                      objective=objective,
+    store = _release_store(spec, work) if objective == "store" else work / spec.store
+    cfg = TrainConfig(store=str(store), out=str(spec.folder),
+                      hook=None if spec.clt_layers else spec.hook, hook_out=spec.hook_out,
+                      clt_layers=spec.clt_layers, arch=arch, objective=objective,
                       d_sae=spec.d_sae, k=spec.k, steps=spec.steps, batch_size=spec.batch_size,
                       lr=spec.lr, sae_options=dict(spec.options), model=spec.model,
                       eval_every=10**9, checkpoint_every=100)
     train_sae(cfg)
+    entry = {"folder": str(spec.folder.relative_to(REPO_ROOT)), "model": spec.model,
+             "hook": spec.hook, "arch": spec.arch, "d_sae": spec.d_sae, "k": spec.k}
+    if spec.hook_out:
+        entry["hook_out"] = spec.hook_out
+    entry.update(_release_eval(spec, store))
+    _register(spec.name, entry)
+    return entry
+
+
+def _release_store(spec: ReleaseSpec, work: Path) -> Path:
+    """The spec's store under ``work``, harvested when missing or made by another version
+    of the model."""
+    from interp.activations.harvest import HarvestConfig, harvest
+
+    store = work / spec.store
+    if (store / "activations" / "manifest.json").exists() and not _store_is_current(store,
+                                                                                   spec.model):
+        log.info(f"{store} was harvested from another version of {spec.model}: harvesting again")
+        shutil.rmtree(store)
+    if not (store / "activations" / "manifest.json").exists():
+        harvest(HarvestConfig(model=spec.model, hooks=list(spec.store_hooks or [spec.hook]),
+                              out=str(store), n_tokens=HARVEST_TOKENS[spec.model],
+                              batch_size=128))
+    return store
+
+
+def _release_eval(spec: ReleaseSpec, store: Path) -> dict:
+    """The registry's headline figures: reconstruction on the store's held-out rows and
+    the model with the dictionary spliced in (a CLT: the replacement model)."""
+    from interp.sae.evaluate import evaluate_sae
+
+    if spec.clt_layers:
+        return _replacement_entry(str(spec.folder), spec.folder)
     ev = evaluate_sae(str(spec.folder), store=str(store) if (store / "activations").exists()
                       else None, contexts=128)
     rec = ev.get("reconstruction", {})
-    entry = {"folder": str(spec.folder.relative_to(REPO_ROOT)), "model": spec.model,
-             "hook": spec.hook, "arch": spec.arch, "d_sae": spec.d_sae, "k": spec.k,
-             "fvu": rec.get("fvu"), "l0": rec.get("l0"),
+    entry = {"fvu": rec.get("fvu"), "l0": rec.get("l0"),
              "dead_fraction": rec.get("dead_fraction"),
              "ce_loss_recovered": ev.get("ce_loss_recovered"), "kl": ev.get("kl")}
     if "reconstruction_by_k" in ev:
         entry["fvu_by_k"] = {k: v["fvu"] for k, v in ev["reconstruction_by_k"].items()}
-    reg = registry()
-    reg[spec.name] = entry
-    REGISTRY.write_text(json.dumps(dict(sorted(reg.items())), indent=2) + "\n")
     return entry
+
+
+def _replacement_entry(spec: str, out: Path) -> dict:
+    """A replacement model's figures (a CLT, or a set of transcoders), written to
+    ``out/eval.json``: per-layer FVU and L0, CE-loss recovered, KL, top-1 agreement and
+    othello's legal-move accuracy."""
+    from interp.sae.replacement import evaluate_replacement
+
+    ev = evaluate_replacement([spec], contexts=256, out=out, games=1000)
+    per_layer = [layer for d in ev["dictionaries"] for layer in d.get("layers", [d])]
+    entry = {"kind": "replacement", "replaces": ev["replaces"],
+             "fvu": sum(x["fvu"] for x in per_layer) / len(per_layer),
+             "fvu_by_layer": [x["fvu"] for x in per_layer], "l0": ev["total_l0"],
+             "l0_by_layer": [x["l0"] for x in per_layer],
+             "dead_fraction": sum(x["dead_fraction"] for x in per_layer) / len(per_layer),
+             "ce_loss_recovered": ev["ce_loss_recovered"], "kl": ev["kl"],
+             "top1_agreement": ev["top1_agreement"]}
+    if "legal_moves" in ev:
+        entry["legal_move_accuracy"] = ev["legal_moves"]["replaced"]
+        entry["legal_move_accuracy_original"] = ev["legal_moves"]["original"]
+    return entry
+
+
+def build_set(name: str, members: list[ReleaseSpec]) -> dict:
+    """Evaluate a built set (``othello/plt``) as one replacement model and register it."""
+    folder = members[0].folder.parent
+    entry = {"folder": str(folder.relative_to(REPO_ROOT)), "model": members[0].model,
+             "hook": None, "arch": members[0].arch,
+             "d_sae": sum(m.d_sae for m in members), "k": members[0].k,
+             "members": [m.name for m in members], **_replacement_entry(str(folder), folder)}
+    _register(name, entry)
+    return entry
+
+
+def _register(name: str, entry: dict) -> None:
+    reg = registry()
+    reg[name] = entry
+    REGISTRY.write_text(json.dumps(dict(sorted(reg.items())), indent=2) + "\n")
 
 
 def _store_is_current(store: Path, model_name: str) -> bool:
@@ -145,6 +249,16 @@ def main(argv: list[str] | None = None) -> None:
     for spec in specs:
         entry = build(spec, Path(args.work), force=args.force)
         print(f"{spec.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items()
+                                          if isinstance(v, float)))
+    sets: dict[str, list[ReleaseSpec]] = {}
+    for spec in RELEASE:
+        if spec.set_name:
+            sets.setdefault(spec.set_name, []).append(spec)
+    for name, members in sets.items():
+        built = {s.name for s in specs}
+        if built & {m.name for m in members} and all(m.folder.exists() for m in members):
+            entry = build_set(name, members)
+            print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items()
                                           if isinstance(v, float)))
 
 

@@ -42,14 +42,17 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from interp.activations.store import open_store
+from interp.activations.stream import ActivationStream
 from interp.data.sources import batches as token_batches
 from interp.data.sources import check_fits, default_source, make_source
 from interp.distributed import rank_device, world
 from interp.errors import CorruptArtifactError, DataError, Interrupted, MismatchError, unknown
-from interp.hooks import check_io_hooks, default_n_ctx, layer_of, validate_hooks
+from interp.hooks import (check_io_hooks, default_n_ctx, hook_widths, layer_of, mlp_io_hooks,
+                          validate_hooks)
 from interp.models import load
 from interp.provenance import model_digest
 from interp.sae import kernels
+from interp.sae.clt import CLTConfig, CrossLayerTranscoder, clt_metrics, save_clt
 from interp.sae.core import ARCHS, DEFAULT_ARCH, SAEConfig, SAEOutput, SparseAutoencoder
 from interp.sae.evaluate import (kl_per_token, reconstruction_metrics, splice_hook,
                                  spliced_metrics, without_density)
@@ -81,10 +84,14 @@ def objective_and_arch(name: str, e2e_arch: str = DEFAULT_ARCH) -> tuple[str, st
 
 @dataclass
 class TrainConfig:
-    store: str                       # run folder or store folder (objective "store")
+    store: str                       # run folder or store folder (objective "store");
+    #                                  "" with ``model``: a stream of its forward passes
     out: str                         # the SAE's folder
     hook: str | None = None          # needed when the store holds several hooks
     hook_out: str | None = None      # a transcoder's output hook; None: an SAE at ``hook``
+    # a cross-layer transcoder over the MLPs of these layers (reads each one's input hook,
+    # writes every later output: interp.hooks.mlp_io_hooks); hook / hook_out unset
+    clt_layers: tuple[int, ...] | None = None
     arch: str = DEFAULT_ARCH         # the SAE's architecture (interp.sae.core.ARCHS)
     objective: Objective = "store"   # what the loss is computed on: stored activations, or
     #                                  the model's output with the SAE spliced in (e2e, e2e+ds)
@@ -109,16 +116,20 @@ class TrainConfig:
     seed: int = 0
     wandb_project: str | None = None
     stop_after: int | None = None    # end this process after that many steps (for tests)
-    # end-to-end objectives: trained from tokens through the model (arch topk or relu)
+    # end-to-end objectives: trained from tokens through the model (arch topk or relu);
+    # objective store without a store: trained from the model's forward passes (a stream)
     model: str | None = None
     source: str | None = None        # token source (default: the model's own corpus)
     n_ctx: int | None = None
     ds_coeff: float = 1.0            # e2e+ds: weight of the downstream reconstruction terms
     eval_contexts: int = 64
+    tokens: int | None = None        # a stream's training tokens (its held-out rows extra)
 
     def __post_init__(self) -> None:
         if self.arch in END_TO_END:  # `arch: e2e`, as configs and release specs name it
             self.objective, self.arch = objective_and_arch(self.arch)
+        if self.clt_layers is not None:
+            self.clt_layers = tuple(int(L) for L in self.clt_layers)
 
     @property
     def trained_as(self) -> str:
@@ -145,6 +156,17 @@ class TrainConfig:
         store is opened or the model loaded: a placeholder width of 1 stands in for d_in."""
         if self.objective not in OBJECTIVES:
             raise unknown("training objective", self.objective, OBJECTIVES)
+        self._check_data_source()
+        if self.clt_layers is not None:
+            if self.objective != "store":
+                raise DataError(f"a cross-layer transcoder trains from a store, not by the "
+                                f"{self.objective} objective")
+            if self.hook is not None or self.hook_out is not None:
+                raise DataError("a cross-layer transcoder reads every layer's MLP input and "
+                                "writes every MLP output: give --clt-layers, not --hook / "
+                                "--hook-out")
+            CLTConfig(self.sae_config(d_in=1), self.clt_layers, 1).validate()
+            return self
         if self.hook_out is not None:
             if self.objective != "store":
                 raise DataError(f"a transcoder (--hook-out) trains from a store, not by the "
@@ -154,6 +176,26 @@ class TrainConfig:
             check_io_hooks(self.hook, self.hook_out)
         self.sae_config(d_in=1, d_out=None if self.hook_out is None else 1)
         return self
+
+    def _check_data_source(self) -> None:
+        """Where the rows come from: a store, or with objective store and no store, a
+        stream of ``model``'s forward passes over ``tokens`` tokens (``stream.py``)."""
+        stream = self.objective == "store" and not self.store
+        if stream and not self.model:
+            raise DataError("--store is required, or --model and --tokens to train from the "
+                            "model's forward passes (--arch e2e / e2e+ds train from tokens too)")
+        if stream and self.tokens is None:
+            raise DataError(f"training from the forward passes of {self.model!r} (no --store) "
+                            f"needs a token budget: give --tokens")
+        if stream and self.hook is None and self.clt_layers is None:
+            raise DataError(f"give --hook: the hook of {self.model!r} to read (no --store)")
+        if self.tokens is not None and not stream:
+            raise DataError("--tokens is the budget of training from --model's forward passes "
+                            "without --store; " + ("a store's rows are its own" if self.store
+                            else f"the {self.objective} objective runs for --steps"))
+        if stream and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
+                       or self.tokens <= 0):
+            raise DataError(f"--tokens must be a positive integer, got {self.tokens!r}")
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.d_sae / 2**14)
@@ -200,27 +242,29 @@ class _Dist:
             dist.barrier()
 
 
-def activation_scale(sample: torch.Tensor) -> float:
-    """s such that E||s x||^2 = d_in over the sample."""
-    ms = float(sample.double().square().sum(1).mean())
-    if ms <= 0:
-        raise DataError("the activation sample is all zeros; cannot normalize it")
-    return math.sqrt(sample.shape[1] / ms)
-
-
 class StoreObjective:
-    """Reconstruct stored activations (objective "store"): the SAE's own hook, or for a
-    transcoder (``hook_out``) the output hook's rows from the input hook's same rows."""
+    """Reconstruct stored activations (objective "store"): the SAE's own hook; for a
+    transcoder (``hook_out``) the output hook's rows from the input hook's same rows; for a
+    cross-layer transcoder (``clt_layers``) every layer's MLP output from every layer's MLP
+    input, rows stacked as (B, n_layers, d)."""
 
     def __init__(self, cfg: TrainConfig, ddp: _Dist):
         self.cfg, self.ddp = cfg, ddp
-        self.store = open_store(cfg.store)
-        self.hook = self.store.resolve_hook(cfg.hook)
+        # a harvested store, or none: a stream of the model's forward passes, read alike
+        self.store = open_store(cfg.store) if cfg.store else open_stream(cfg, ddp.device)
+        if cfg.clt_layers is not None:
+            self.hooks_in, self.hooks_out = clt_store_hooks(self.store, cfg.clt_layers)
+        else:
+            self.hooks_in = [self.store.resolve_hook(cfg.hook)]
+            self.hooks_out = ([] if cfg.hook_out is None
+                              else [self.store.resolve_hook(cfg.hook_out)])
+        self.hook = self.hooks_in[0]
+        self.hook_out = self.hooks_out[0] if cfg.hook_out is not None else None
         self.d_in = self.store.d_in(self.hook)
-        self.hook_out = None if cfg.hook_out is None else self.store.resolve_hook(cfg.hook_out)
-        self.d_out = None if self.hook_out is None else self.store.d_in(self.hook_out)
-        # the hooks each batch holds: (x,) for an SAE, (x, y) for a transcoder
-        self.hooks = [self.hook] if self.hook_out is None else [self.hook, self.hook_out]
+        self.d_out = self.store.d_in(self.hooks_out[0]) if self.hooks_out else None
+        # the hooks each batch holds: (x,) for an SAE, (x, y) for a transcoder, every
+        # input then every output for a CLT
+        self.hooks = self.hooks_in + self.hooks_out
         self.n_train = self.store.n_rows - cfg.eval_rows
         if self.n_train < cfg.batch_size:
             raise DataError(f"the store has {self.store.n_rows:,} rows: too few for batches of "
@@ -234,24 +278,46 @@ class StoreObjective:
                          "dataset_path": json.dumps(m.get("source")), "store": str(self.store.path)}
         if self.hook_out is not None:
             self.metadata["hook_name_out"] = self.hook_out
+        if cfg.clt_layers is not None:
+            self.metadata.update(hook_names=self.hooks_in, hook_names_out=self.hooks_out,
+                                 layers=list(cfg.clt_layers))
+
+    @property
+    def clt(self) -> bool:
+        return self.cfg.clt_layers is not None
 
     def identity(self) -> dict:
         """What the data is (not where it lies): a resumed run must read the same rows."""
         m = self.store.manifest
         keys = ("model", "model_meta", "source", "dtype", "n_ctx", "positions", "shards")
-        return {"store": str(self.store.path), "hook": self.hook, "hook_out": self.hook_out,
-                "d_in": self.d_in, "d_out": self.d_out, "n_rows": self.store.n_rows,
-                "digest": _digest({k: m.get(k) for k in keys})}
+        out = {"store": str(self.store.path), "hook": self.hook, "hook_out": self.hook_out,
+               "d_in": self.d_in, "d_out": self.d_out, "n_rows": self.store.n_rows,
+               "digest": _digest({k: m.get(k) for k in keys})}
+        if self.clt:
+            out["hooks"] = self.hooks
+        if "stream" in m:  # a stream's layout: its buffers and held-out contexts
+            out["stream"] = m["stream"]
+        return out
 
     def init_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) at the same sampled rows: y is x for an SAE, the output hook's rows for a
-        transcoder."""
-        rows = _init_rows(self.n_train, self.cfg.init_sample_rows, self.cfg.seed)
-        x = self.store.read(rows, self.hook)
-        return x, (x if self.hook_out is None else self.store.read(rows, self.hook_out))
+        transcoder, (N, n, d) stacks of every layer for a CLT."""
+        # a stream computes rows a buffer at a time: sample its first (a store: any row)
+        rows = _init_rows(min(self.n_train, getattr(self.store, "buffer_rows", self.n_train)),
+                          self.cfg.init_sample_rows, self.cfg.seed)
+        return self._pair([self.store.read(rows, h) for h in self.hooks])
+
+    def _pair(self, parts) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's (x, y) from its hooks' tensors, in the order of ``self.hooks``."""
+        if isinstance(parts, torch.Tensor):
+            return parts, parts
+        if self.clt:
+            n = len(self.hooks_in)
+            return torch.stack(list(parts[:n]), 1), torch.stack(list(parts[n:]), 1)
+        return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
     def batches(self, start: int):
-        hook = self.hook if self.hook_out is None else self.hooks
+        hook = self.hook if len(self.hooks) == 1 else self.hooks
         return self.store.batches(self.cfg.batch_size, hook, seed=self.cfg.seed,
                                   epochs=None, start_batch=start, drop_last=True,
                                   row_range=(0, self.n_train),
@@ -259,20 +325,33 @@ class StoreObjective:
 
     def loss(self, sae, batch, step, dead, gen, scale, scale_out=None):
         """(loss, forward, terms, target): the target is the normalized y the SAE fits."""
-        device = sae.b_dec.device
-        if self.hook_out is None:
-            x = y = batch.to(device, non_blocking=True) * scale
-        else:
-            x = batch[0].to(device, non_blocking=True) * scale
-            y = batch[1].to(device, non_blocking=True) * scale_out
+        device = self.ddp.device
+        x, y = self._pair(batch)
+        same = y is x  # an SAE: its target is its input
+        x = x.to(device, non_blocking=True) * scale
+        y = x if same else y.to(device, non_blocking=True) * scale_out
         loss, fwd, terms = sae.loss(x, step=step, dead=dead, generator=gen, y=y)
         return loss, fwd, terms, y
 
     def evaluate(self, sae, scale, k=None, scale_out=None) -> dict:
-        hook = self.hook if self.hook_out is None else self.hooks
+        hook = self.hook if len(self.hooks) == 1 else self.hooks
         batches = self.store.batches(4096, hook, shuffle=False,
                                      row_range=(self.n_train, self.store.n_rows))
+        if self.clt:
+            return clt_metrics(sae, (self._pair(b) for b in batches), scale, scale_out)
         return reconstruction_metrics(sae, batches, scale=scale, k=k, scale_out=scale_out)
+
+
+def clt_store_hooks(store, layers) -> tuple[list[str], list[str]]:
+    """The input and output hooks of a CLT over ``layers`` in ``store``; a missing one is
+    refused naming every hook the store lacks."""
+    ios = [mlp_io_hooks(L) for L in layers]
+    missing = [h for io in ios for h in io if h not in store.hooks]
+    if missing:
+        raise DataError(f"the store {store.path} lacks {', '.join(missing)}: a cross-layer "
+                        f"transcoder over layers {list(layers)} needs each layer's MLP input "
+                        f"and output (harvest them with --hook for each)")
+    return [i for i, _ in ios], [o for _, o in ios]
 
 
 class EndToEndObjective:
@@ -293,11 +372,8 @@ class EndToEndObjective:
         self.spec = cfg.source or default_source(cfg.model)
         self.source = lambda: make_source(self.spec, model=self.model)
         check_fits(self.source(), self.model, self.n_ctx, label=cfg.model)
-        with torch.no_grad():
-            _, cache = self.model.run_with_cache(
-                torch.zeros(1, self.n_ctx, dtype=torch.long, device=self.device),
-                names_filter=[self.hook])
-        self.d_in = cache[self.hook].shape[-1]
+        # units flattened (attn.hook_z: n_heads * d_head), as splice_hook reads them
+        self.d_in = hook_widths(self.model, [self.hook])[self.hook]
         self.d_out = None  # an SAE at the hook
         self.contexts = max(ddp.world, cfg.batch_size // (self.n_ctx - 1))
         if self.contexts % ddp.world:
@@ -394,10 +470,10 @@ class SAEAdam(torch.optim.Adam):
     ``normalize_decoder`` do around a plain optimizer).
     """
 
-    def __init__(self, sae: SparseAutoencoder, lr: float, betas: tuple[float, float],
-                 eps: float = 1e-8):
+    def __init__(self, sae: SparseAutoencoder | CrossLayerTranscoder, lr: float,
+                 betas: tuple[float, float], eps: float = 1e-8):
         super().__init__(sae.parameters(), lr=lr, betas=betas, eps=eps)
-        self.unit_rows = {id(sae.decoder_parameter())} if sae.cfg.unit_norm_decoder else set()
+        self.unit_rows = {id(p) for p in sae.unit_norm_parameters()}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -454,8 +530,10 @@ class _Run:
     settings: dict             # what a checkpoint must match to resume: train_config, data
     steps: int                 # the whole run's length
     start: int = 0             # the first step this process trains
-    scale: float = 1.0         # the activations' normalisation, E||scale x||^2 = d_in
-    scale_out: float = 1.0     # the output's (a transcoder's y; an SAE's is ``scale``)
+    # the activations' normalisation, E||scale x||^2 = d_in, and the output's (a
+    # transcoder's y; an SAE's is ``scale``); a CLT's are (n_layers, 1) tensors
+    scale: float | torch.Tensor = 1.0
+    scale_out: float | torch.Tensor = 1.0
 
     @property
     def out(self) -> Path:
@@ -517,12 +595,10 @@ def _setup(cfg: TrainConfig) -> _Run:
                         f"processes")
     objective = make_objective(cfg, ddp)
     steps = cfg.steps or objective.default_steps
-    sae_cfg = cfg.sae_config(objective.d_in, objective.d_out)
-    sae_cfg.metadata = objective.metadata
     # the global RNG is seeded here and restored from a checkpoint: a resumed run draws
     # what an uninterrupted one draws
     torch.manual_seed(cfg.seed)
-    sae = SparseAutoencoder(sae_cfg).to(ddp.device)
+    sae = make_dictionary(cfg, objective).to(ddp.device)
     sae.encoder_dtype = encoder_dtype(cfg.encoder_dtype)
     if cfg.compile:  # on CPU the sparse kernels leave little to fuse; on a GPU the fallbacks
         sae.loss = torch.compile(sae.loss)
@@ -530,7 +606,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.warmup_steps, cfg.decay_start))
     run = _Run(cfg, ddp, objective, sae, opt, sched,
-               since_fired=torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=ddp.device),
+               since_fired=torch.zeros(sae.n_latents, dtype=torch.long, device=ddp.device),
                settings={"train_config": resume_settings(cfg, steps),
                          "data": objective.identity()},
                steps=steps)
@@ -548,16 +624,22 @@ def _setup(cfg: TrainConfig) -> _Run:
     return run
 
 
+def make_dictionary(cfg: TrainConfig, objective) -> SparseAutoencoder | CrossLayerTranscoder:
+    """The dictionary ``cfg`` trains, at the widths of ``objective``'s data: an SAE or a
+    transcoder (one core), or a cross-layer transcoder built of one per layer."""
+    if cfg.clt_layers is not None:
+        return CrossLayerTranscoder(CLTConfig(cfg.sae_config(objective.d_in), cfg.clt_layers,
+                                              objective.d_out, objective.metadata))
+    sae_cfg = cfg.sae_config(objective.d_in, objective.d_out)
+    sae_cfg.metadata = objective.metadata
+    return SparseAutoencoder(sae_cfg)
+
+
 def _initialise(run: _Run) -> None:
     """A fresh start: the activation scales and b_dec from a sample of the data (b_dec from
     the output's: a transcoder's lives in its output space)."""
     x, y = (t.to(run.ddp.device) for t in run.objective.init_sample())
-    run.scale = activation_scale(x)
-    run.sae.activation_scale.fill_(run.scale)
-    run.scale_out = activation_scale(y) if run.sae.cfg.transcoder else run.scale
-    if run.sae.cfg.transcoder:
-        run.sae.activation_scale_out.fill_(run.scale_out)
-    run.sae.init_b_dec(y * run.scale_out)
+    run.scale, run.scale_out = run.sae.init_from_sample(x, y)
     run.ddp.all_reduce_mean_([p.data for p in run.sae.parameters()])  # identical on every rank
 
 
@@ -572,8 +654,8 @@ def _train_step(run: _Run, step: int, batch) -> _StepResult:
                                              run.scale_out)
     apply_gradients(sae, run.opt, loss, ddp)
     run.sched.step()
-    if sae.architecture.batch_topk:  # every process keeps the same inference threshold
-        ddp.all_reduce_mean_([sae.threshold])
+    if sae.synced_buffers():  # every process keeps the same inference threshold
+        ddp.all_reduce_mean_(sae.synced_buffers())
     # a latent fired on any process fired on the global batch
     with torch.no_grad():
         fired = ddp.any_(fwd.fired_counts() > 0)
@@ -641,20 +723,21 @@ def _finish(run: _Run, log: _Log) -> dict:
     if run.ddp.main:
         sae, last = run.sae, log.last
         ev = run.objective.evaluate(sae, run.scale, scale_out=run.scale_out)
-        result = {"arch": run.cfg.trained_as, "sae_arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
-                  "d_out": sae.cfg.out_dim, "hook": sae.cfg.metadata.get("hook_name"),
-                  "hook_out": sae.cfg.metadata.get("hook_name_out"),
-                  "d_sae": sae.cfg.d_sae, "k": run.cfg.k, "steps": run.steps,
+        result = {**_dictionary_summary(run), "k": run.cfg.k, "steps": run.steps,
                   "tokens": int(last.get("tokens", 0)) if last else None,
-                  "train_seconds": time.time() - log.t0, "activation_scale": run.scale,
-                  "activation_scale_out": run.scale_out,
+                  "train_seconds": time.time() - log.t0,
+                  "activation_scale": _plain(run.scale),
+                  "activation_scale_out": _plain(run.scale_out),
                   "eval": ev, "final_train": last}
         if sae.eval_k_grid():  # an any-k SAE: its figures at every k' of the grid
             result["eval_by_k"] = {
                 str(kp): without_density(run.objective.evaluate(sae, run.scale, kp,
                                                                  run.scale_out))
                 for kp in sae.eval_k_grid()}
-        save_sae(sae.cpu(), run.out)
+        if isinstance(sae, CrossLayerTranscoder):
+            save_clt(sae.cpu(), run.out)
+        else:
+            save_sae(sae.cpu(), run.out)
         (run.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.write({"step": run.steps, "eval": without_density(ev)})
         log.close()
@@ -665,9 +748,39 @@ def _finish(run: _Run, log: _Log) -> dict:
     return result
 
 
+def _dictionary_summary(run: _Run) -> dict:
+    """What was trained, for metrics.json: architecture, widths, hooks."""
+    sae = run.sae
+    if isinstance(sae, CrossLayerTranscoder):
+        md = sae.cfg.metadata
+        return {"arch": run.cfg.trained_as, "sae_arch": sae.cfg.layer.arch, "kind": "clt",
+                "layers": list(sae.cfg.layers), "d_in": sae.cfg.layer.d_in,
+                "d_out": sae.cfg.d_out, "hooks": md.get("hook_names"),
+                "hooks_out": md.get("hook_names_out"), "d_sae": sae.cfg.layer.d_sae}
+    md = sae.cfg.metadata
+    return {"arch": run.cfg.trained_as, "sae_arch": sae.cfg.arch, "d_in": sae.cfg.d_in,
+            "d_out": sae.cfg.out_dim, "hook": md.get("hook_name"),
+            "hook_out": md.get("hook_name_out"), "d_sae": sae.cfg.d_sae}
+
+
+def _plain(scale: float | torch.Tensor) -> float | list[float]:
+    """A scale as JSON: a float, or a CLT's list of per-layer floats."""
+    return scale.flatten().tolist() if isinstance(scale, torch.Tensor) else scale
+
+
 def _init_rows(n_train: int, n: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_train, generator=g)[: min(n, n_train)].sort().values.numpy()
+
+
+def open_stream(cfg: TrainConfig, device) -> ActivationStream:
+    """The rows of a run without a store: ``cfg.model``'s activations at the dictionary's
+    hooks over ``cfg.tokens`` training tokens, plus ``cfg.eval_rows`` held-out rows."""
+    hooks = ([h for layer in cfg.clt_layers for h in mlp_io_hooks(layer)]
+             if cfg.clt_layers is not None else
+             [h for h in (cfg.hook, cfg.hook_out) if h is not None])
+    return ActivationStream(cfg.model, hooks, cfg.tokens, source=cfg.source, n_ctx=cfg.n_ctx,
+                            eval_rows=cfg.eval_rows, device=str(device))
 
 
 def resume_settings(cfg: TrainConfig, steps: int) -> dict:
@@ -726,7 +839,7 @@ def _load_checkpoint(run: _Run) -> None:
     """Resume ``run`` from its checkpoint, after checking that the checkpoint was made
     with the same settings, data and SAE config."""
     path = run.out / CHECKPOINT
-    state = _read_checkpoint(path, run.sae.b_dec.device)
+    state = _read_checkpoint(path, run.ddp.device)
     _check_checkpoint(path, state, run)
     run.sae.load_state_dict(state["sae"])
     run.opt.load_state_dict(state["optimizer"])
@@ -734,7 +847,7 @@ def _load_checkpoint(run: _Run) -> None:
     run.since_fired.copy_(state["since_fired"])
     torch.set_rng_state(state["torch_rng"])
     run.start = int(state["step"])
-    run.scale = float(run.sae.activation_scale)
+    run.scale = run.sae.input_scale
     run.scale_out = run.sae.output_scale
     if run.ddp.main:
         truncate_log(run.out / "train_log.jsonl", run.start)

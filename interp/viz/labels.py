@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from interp.errors import DataError
-from interp.hooks import sae_hook, stop_layer
+from interp.hooks import flat_units, sae_hook, stop_layer
 
 EMBEDDED = ("othello", "pycode")
 LABEL_SEED = 515_151  # games / contexts apart from the probe datasets' own sample
@@ -97,9 +97,8 @@ def latent_label_correlations(model, sae, model_name: str, n_contexts: int = 64,
     for i in range(0, tokens.shape[0], batch_size):
         _, cache = model.run_with_cache(tokens[i:i + batch_size], names_filter=[hook],
                                         stop_at_layer=layer)
-        x = cache[hook]
-        x = x.reshape(-1, x.shape[-1]).float()
-        a = sae.eval()(x).dense().reshape(*cache[hook].shape[:2], -1)
+        x = flat_units(cache[hook], sae.cfg.d_in)
+        a = sae.eval()(x.reshape(-1, sae.cfg.d_in).float()).dense().reshape(*x.shape[:2], -1)
         acts.append(a[torch.from_numpy(keep[i:i + batch_size])])
     a = torch.cat(acts).double()                                 # (N, d_sae)
     y = torch.from_numpy(labels[keep]).double()                  # (N, P)

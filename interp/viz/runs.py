@@ -25,7 +25,9 @@ class SAEInfo:
     source: str                      # "run" | "shipped" | "store" (known from its store only)
     folder: Path | None = None
     model: str | None = None
-    hook: str | None = None
+    hook: str | None = None          # the hook it reads (its codes come from there)
+    hook_out: str | None = None      # a transcoder's: the hook it writes (None: an SAE)
+    skip: bool = False               # a skip transcoder
     arch: str | None = None
     d_sae: int | None = None
     k: int | None = None
@@ -49,6 +51,18 @@ class SAEInfo:
         return self.name.replace("/", "--")
 
     @property
+    def writes(self) -> str | None:
+        """The hook it writes: a transcoder's output hook, else the hook it reads. Circuit
+        nodes and interventions are at this hook."""
+        return self.hook_out or self.hook
+
+    @property
+    def kind(self) -> str:
+        if not self.hook_out:
+            return "SAE"
+        return "skip transcoder" if self.skip else "transcoder"
+
+    @property
     def label(self) -> str:
         where = "run" if self.source == "run" else "shipped" if self.source == "shipped" else "store"
         return f"{self.name} ({where})"
@@ -61,12 +75,23 @@ class SAEInfo:
         return arch is None or arch.uses_k
 
     def row(self) -> dict:
-        return {"SAE": self.name, "from": self.source, "hook": self.hook, "arch": self.arch,
+        return {"SAE": self.name, "from": self.source, "kind": self.kind,
+                "hook": hooks_text(self.hook, self.hook_out), "arch": self.arch,
                 "latents": self.d_sae, "k": self.k if self._uses_k() else None,
                 "FVU": self.fvu, "L0": self.l0,
                 "dead %": None if self.dead_fraction is None else 100 * self.dead_fraction,
                 "CE-loss recovered": self.ce_loss_recovered,
                 "feature store": self.feature_store.name if self.feature_store else ""}
+
+
+def hooks_text(hook: str | None, hook_out: str | None = None, quote: str = "") -> str | None:
+    """How the app names what a dictionary reads and writes: ``hook`` for an SAE,
+    ``reads IN → writes OUT`` for a transcoder; each hook between ``quote`` marks (a
+    backtick: Markdown code)."""
+    if hook is None:
+        return None
+    q = quote
+    return f"reads {q}{hook}{q} → writes {q}{hook_out}{q}" if hook_out else f"{q}{hook}{q}"
 
 
 def read_json(path: Path) -> dict | None:
@@ -102,7 +127,10 @@ def sae_folder_info(folder: Path, name: str, source: str) -> SAEInfo:
     md = cfg.get("metadata") or ours.get("metadata") or {}
     log = folder / "train_log.jsonl"
     return SAEInfo(name=name, source=source, folder=folder, model=md.get("model_name"),
-                   hook=md.get("hook_name"), arch=ours.get("arch") or cfg.get("architecture"),
+                   hook=md.get("hook_name"),
+                   hook_out=md.get("hook_name_out"),
+                   skip=bool(ours.get("skip")),
+                   arch=ours.get("arch") or cfg.get("architecture"),
                    d_sae=cfg.get("d_sae"), k=ours.get("k") or cfg.get("k"),
                    train_log=log if log.exists() and log.stat().st_size else None,
                    **_metrics(folder))
@@ -127,8 +155,8 @@ def shipped_saes(model: str | None = None) -> list[SAEInfo]:
 
     out = []
     for name, e in registry().items():
-        if model and e.get("model") != model:
-            continue
+        if model and e.get("model") != model or e.get("kind") == "replacement":
+            continue  # a set or a CLT: ``replacement_evals``
         folder = REPO_ROOT / e["folder"]
         info = sae_folder_info(folder, name, "shipped") if folder.exists() else SAEInfo(
             name, "shipped", folder)
@@ -170,7 +198,7 @@ def list_saes(run: str | Path | None, model: str | None = None) -> list[SAEInfo]
             folder = Path(spec) if spec and Path(spec).is_dir() else None
             info = sae_folder_info(folder, path.stem, "store") if folder else SAEInfo(
                 path.stem, "store", None, meta.get("model"), meta.get("hook"),
-                meta.get("arch"), meta.get("d_sae"))
+                meta.get("hook_out"), arch=meta.get("arch"), d_sae=meta.get("d_sae"))
             info.source = "store"
             infos.append(info)
             by_key[path.stem] = info
@@ -186,7 +214,7 @@ def fvu_l0_figure(infos: list[SAEInfo], title: str = "FVU vs L0 across SAEs") ->
     groups: dict[tuple, list[SAEInfo]] = {}
     for i in infos:
         if i.fvu is not None and i.l0:
-            groups.setdefault((i.source, i.hook), []).append(i)
+            groups.setdefault((i.source, hooks_text(i.hook, i.hook_out)), []).append(i)
     for (source, hook), items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         fig.add_trace(go.Scatter(
             x=[i.l0 for i in items], y=[i.fvu for i in items], mode="markers+text",
@@ -197,6 +225,56 @@ def fvu_l0_figure(infos: list[SAEInfo], title: str = "FVU vs L0 across SAEs") ->
     fig.update_layout(title=title, xaxis_title="L0 (active latents per token)",
                       yaxis_title="FVU (fraction of variance unexplained)", xaxis_type="log",
                       height=420, margin=dict(l=60, r=20, t=60, b=50))
+    return fig
+
+
+def replacement_evals(run: str | Path | None, model: str | None = None) -> list[dict]:
+    """Replacement models evaluated (``interp eval`` on a transcoder set or a CLT): the
+    shipped ones of ``model`` (registry entries of kind replacement) and every
+    ``eval.json`` of kind replacement under the run; each as its eval figures plus
+    ``name`` and ``source``."""
+    from interp.models.zoo import REPO_ROOT
+    from interp.runs import registry
+
+    out = []
+    for name, e in registry().items():
+        if e.get("kind") == "replacement" and (not model or e.get("model") == model):
+            ev = read_json(REPO_ROOT / e["folder"] / "eval.json")
+            if ev:
+                out.append({**ev, "name": name, "source": "shipped"})
+    if run is not None:
+        for path in sorted(Path(run).glob("**/eval.json")):
+            ev = read_json(path)
+            if ev and ev.get("kind") == "replacement":
+                out.append({**ev, "name": str(path.parent.relative_to(run)), "source": "run"})
+    return out
+
+
+def replacement_row(ev: dict) -> dict:
+    """One replacement model as a table row."""
+    lm = ev.get("legal_moves") or {}
+    return {"replacement": ev["name"], "from": ev["source"], "MLPs replaced":
+            len(ev.get("replaces") or []), "total L0": ev.get("total_l0"),
+            "CE-loss recovered": ev.get("ce_loss_recovered"), "KL": ev.get("kl"),
+            "top-1 agreement %": 100 * ev["top1_agreement"] if "top1_agreement" in ev else None,
+            "legal moves % (replaced)": 100 * lm["replaced"] if lm else None,
+            "legal moves % (model)": 100 * lm["original"] if lm else None}
+
+
+def replacement_layers_figure(evals: list[dict]) -> go.Figure:
+    """Per-layer FVU (markers) and L0 (hover) of each replacement model's dictionaries,
+    by the MLP output they write."""
+    fig = go.Figure()
+    for ev in evals:
+        layers = [x for d in ev.get("dictionaries", []) for x in d.get("layers", [d])]
+        names = [x.get("layer", (x.get("writes") or ["?"])[0]) for x in layers]
+        fig.add_trace(go.Scatter(
+            x=[str(n) for n in names], y=[x["fvu"] for x in layers], mode="lines+markers",
+            name=ev["name"], customdata=[x["l0"] for x in layers],
+            hovertemplate="%{x}<br>FVU %{y:.3f}<br>L0 %{customdata:.1f}<extra></extra>"))
+    fig.update_layout(title="Replacement models: FVU of each MLP output", height=380,
+                      xaxis_title="MLP (layer or hook)", yaxis_title="FVU (NMSE)",
+                      margin=dict(l=60, r=20, t=60, b=50))
     return fig
 
 
