@@ -140,6 +140,11 @@ def resolve_sae(spec: str | Path, run: str | Path | None = None,
                       if folder.is_relative_to(r)), folder.name)
         return Resolved(load_sae(path, device), path, short)
     if spec_s in reg:
+        members = reg[spec_s].get("members")
+        if members:
+            raise DataError(f"{spec_s} is a set of {len(members)} dictionaries ({members[0]} "
+                            f"...): name one of them, or evaluate the set as a replacement "
+                            f"model with `interp eval {spec_s}`")
         folder = REPO_ROOT / reg[spec_s]["folder"]
         return Resolved(load_sae(folder, device), folder, spec_s.replace("/", "--"))
     if run_dir is not None and (run_dir / SAES_SUBDIR / spec_s / "cfg.json").exists():

@@ -178,3 +178,19 @@ def test_cli_trains_a_clt_and_resumes_it(tmp_path):
         torch.testing.assert_close(pa, pb)
     metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     assert metrics["kind"] == "clt" and len(metrics["eval"]["layers"]) == 2
+
+
+def test_a_transcoder_whose_hooks_the_model_lacks_is_refused(othello, tmp_path):
+    """Spliced where its hooks do not exist (a layer-7 MLP in a 6-layer model, no model
+    recorded): one line naming the hook, before any evaluation."""
+    d = othello.cfg.d_model
+    tc = SparseAutoencoder(SAEConfig(d_in=d, d_sae=16, k=4, d_out=d))
+    h_in, h_out = mlp_io_hooks(7)
+    save_sae(tc, tmp_path / "tc7", metadata={"hook_name": h_in, "hook_name_out": h_out})
+    refuse(["eval", tmp_path / "tc7", "--model", "othello"], "blocks.7.ln2.hook_normalized",
+           "not a hook of model 'othello'", watch=[tmp_path])
+    h_in, h_out = mlp_io_hooks(1)
+    save_sae(tc, tmp_path / "set" / "a", metadata={"hook_name": h_in, "hook_name_out": h_out})
+    save_sae(tc, tmp_path / "set" / "b", metadata={"hook_name": mlp_io_hooks(7)[0],
+                                                    "hook_name_out": mlp_io_hooks(7)[1]})
+    refuse(["eval", tmp_path / "set", "--model", "othello"], "blocks.7", watch=[tmp_path])

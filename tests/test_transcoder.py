@@ -94,11 +94,14 @@ def test_transcoder_formula_by_hand(arch, skip):
 
 
 def test_same_width_transcoder_and_tied_ksparse_transcoder_match_the_reference():
-    """d_out == d_in: a transcoder still does not subtract b_dec; tied init is allowed."""
+    """d_out == d_in: a transcoder still does not subtract b_dec, and is not tied at init
+    (its decoder starts at zero: it predicts b_dec); tied ksparse weights stay allowed."""
+    from interp.sae.core import SparseAutoencoder
+
     for kw in ({"arch": "topk"}, {"arch": "ksparse", "tied": True}):
         sparse = make(d_out=D_IN, **kw)
         if kw["arch"] == "topk":
-            torch.testing.assert_close(sparse.W_enc, sparse.W_dec.T)  # tied init
+            assert not SparseAutoencoder(sparse.cfg).W_dec.any()
         dense = copy.deepcopy(sparse)
         dense.sparse_kernels = False
         x, y = xy(d_out=D_IN)
@@ -394,3 +397,33 @@ def test_a_transcoder_is_not_evaluated_or_spliced_as_an_sae():
         splice_hook(tc)
     res = reconstruction_metrics(tc, [xy(d_out=D_IN)])
     assert res["fvu"] > 0 and res["n_tokens"] == B
+
+
+@pytest.mark.parametrize("kind", ["Transcoder", "SkipTranscoder", "JumpReLUTranscoder",
+                                  "JumpReLUSkipTranscoder"])
+def test_a_transcoder_sae_lens_wrote_loads_with_the_same_outputs(kind, tmp_path):
+    """SAELens's own transcoder folders (written by its save_model) open with load_sae."""
+    import sae_lens
+    from sae_lens.saes.sae import SAEMetadata
+
+    from interp.sae.io import load_sae
+
+    cfg_cls = getattr(sae_lens, f"{kind}Config")
+    theirs = getattr(sae_lens, kind)(cfg_cls(d_in=D_IN, d_sae=24, d_out=D_OUT,
+                                             apply_b_dec_to_input=False,
+                                             metadata=SAEMetadata(
+                                                 hook_name=HOOK_IN, hook_name_out=HOOK_OUT)))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if "JumpReLU" in kind:
+            theirs.threshold.copy_(torch.rand(24, generator=g) * 0.2)
+    theirs.save_model(str(tmp_path / "tc"))
+    ours = load_sae(tmp_path / "tc")
+    assert ours.cfg.skip == ("Skip" in kind) and ours.cfg.d_out == D_OUT
+    assert ours.cfg.metadata.get("hook_name_out") == HOOK_OUT
+    x = xy()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(x).x_hat, theirs(x), atol=1e-5, rtol=1e-5)

@@ -110,6 +110,7 @@ ARCHS: dict[str, Architecture] = {a.name: a for a in (
 ARCHITECTURES = tuple(ARCHS)
 DEFAULT_ARCH = "topk"
 DENSE_FREQUENCY = 0.1  # a latent active on more than 10% of tokens counts as dense
+TRANSCODER_ENCODER_INIT = 0.1  # a transcoder's initial encoder scale (see __init__)
 # SAELens architecture name -> ours, for folders SAELens wrote
 FROM_SAELENS = {s: a.name for a in ARCHS.values() for s in a.saelens_reads}
 
@@ -452,11 +453,14 @@ class SparseAutoencoder(nn.Module):
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
         if not arch.unit_norm_decoder:
             w_dec = w_dec * 0.1  # small decoder norms, as the L1-weighted recipe starts
-        # the encoder as rows (d_sae, d_in): W_enc is its transpose (a view); tied init
-        # W_enc = W_dec^T only where the two spaces have one width
-        tie = (cfg.tied_init or cfg.tied) and d_out == d
-        self._W_enc = nn.Parameter(w_dec.clone() if tie else
-                                   torch.randn(m, d, generator=g) / math.sqrt(d))
+        # the encoder as rows (d_sae, d_in): W_enc is its transpose (a view); an SAE's tied
+        # init W_enc = W_dec^T. A transcoder's input and output are different spaces: its
+        # encoder starts small (TRANSCODER_ENCODER_INIT), so that it starts near predicting
+        # b_dec (FVU about 1) rather than k random directions of unit activation (FVU 2-8)
+        transcoder = cfg.transcoder and not cfg.tied
+        tie = (cfg.tied_init or cfg.tied) and d_out == d and not transcoder
+        w_enc = w_dec.clone() if tie else torch.randn(m, d, generator=g) / math.sqrt(d)
+        self._W_enc = nn.Parameter(w_enc * TRANSCODER_ENCODER_INIT if transcoder else w_enc)
         self._W_dec = None if cfg.tied else nn.Parameter(w_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d_out))

@@ -102,6 +102,12 @@ def saelens_reshape(cfg: SAEConfig, hook: str | None) -> str:
     return "none"
 
 
+# SAELens's transcoder architectures -> (our activation, skip term)
+SAELENS_TRANSCODERS = {"transcoder": ("relu", False), "skip_transcoder": ("relu", True),
+                       "jumprelu_transcoder": ("jumprelu", False),
+                       "jumprelu_skip_transcoder": ("jumprelu", True)}
+
+
 def _sae_lens_format_version() -> str:
     try:
         from importlib.metadata import version
@@ -116,9 +122,13 @@ def _config_of(raw: dict, cfg_path: Path) -> SAEConfig:
     if "interp" in raw:
         return SAEConfig.from_dict(raw["interp"])
     arch = raw.get("architecture", "standard")
+    if arch in SAELENS_TRANSCODERS:  # a transcoder SAELens wrote
+        ours, skip = SAELENS_TRANSCODERS[arch]
+        return SAEConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], arch=ours, d_out=raw["d_out"],
+                         skip=skip, b_dec_init="zeros", metadata=raw.get("metadata") or {})
     if arch not in FROM_SAELENS:
         raise DataError(f"SAELens architecture {arch!r} in {cfg_path} is not supported; "
-                        f"supported: {sorted(FROM_SAELENS)}")
+                        f"supported: {sorted(FROM_SAELENS) + sorted(SAELENS_TRANSCODERS)}")
     if raw.get("normalize_activations", "none") not in ("none", None):
         raise DataError(f"{cfg_path}: normalize_activations="
                         f"{raw['normalize_activations']!r} is not supported; fold the "

@@ -86,12 +86,16 @@ def clt_spec(model: str, n_layers: int, arch: str = "topk", **settings) -> Relea
                        **settings)
 
 
-def attn_specs(model: str, n_layers: int, **settings) -> list[ReleaseSpec]:
+def attn_specs(model: str, n_layers: int, arch: str = "topk",
+               **settings) -> list[ReleaseSpec]:
     """An attention-output SAE (heads concatenated at attn.hook_z) per layer, set attn."""
     hooks = tuple(f"blocks.{L}.attn.hook_z" for L in range(n_layers))
-    return [ReleaseSpec(model, hooks[L], "topk", label=f"attn/L{L}", store_hooks=hooks,
+    return [ReleaseSpec(model, hooks[L], arch, label=f"attn/L{L}", store_hooks=hooks,
                         store_name=f"{model}-attn-z", **settings) for L in range(n_layers)]
 
+
+TRANSCODER_RUN = dict(d_sae=1024, k=32, steps=1200, lr=2e-3)
+CLT_RUN = dict(d_sae=1024, k=16, steps=1200, lr=2e-3)   # per layer: half the PLTs' L0
 
 OTHELLO_HOOK = "blocks.3.hook_resid_post"
 PYCODE_HOOK = "blocks.2.hook_resid_post"
@@ -110,6 +114,16 @@ RELEASE: list[ReleaseSpec] = [
     ReleaseSpec("othello", "blocks.1.hook_resid_post", "topk"),
     ReleaseSpec("pycode", PYCODE_HOOK, "topk"),
     ReleaseSpec("pycode", PYCODE_HOOK, "hierarchical_topk", k=32),
+    # dictionaries of a replacement model (issue 15): batchtopk, whose threshold inference
+    # circuit-tracer's JumpReLU computes exactly (`interp export-tracer`); a transcoder's
+    # encoder starts small, and a learning rate of 2e-3 reaches a lower FVU in the same steps
+    *transcoder_specs("othello", 6, "plt", arch="batchtopk", **TRANSCODER_RUN),
+    *transcoder_specs("othello", 6, "skip_plt", arch="batchtopk", options={"skip": True},
+                      **TRANSCODER_RUN),
+    clt_spec("othello", 6, arch="batchtopk", **CLT_RUN),
+    *attn_specs("othello", 6, arch="batchtopk", d_sae=1024, k=16, steps=600, lr=2e-3),
+    *transcoder_specs("pycode", 4, "plt", arch="batchtopk", **TRANSCODER_RUN),
+    clt_spec("pycode", 4, arch="batchtopk", **CLT_RUN),
 ]
 
 
