@@ -4,7 +4,7 @@
     python benchmarks/transcoder_speed.py [--shapes 128:1024:32,128:2048:32,512:8192:32]
                                           [--clt 6:128:1024:16] [--no-clt] [--batch 4096]
                                           [--repeats 5] [--steps 4] [--only ours-plt,...]
-                                          [--profile] [--profile-steps 3]
+                                          [--threads N] [--profile] [--profile-steps 5]
 
 Installs nothing; a peer that does not import is listed as missing (``make bench`` and this
 target's venv install it). fp32, random data, one batch (x, y) per step; every contender runs
@@ -33,9 +33,11 @@ line per target of issue 15: a PLT step <= 1.3x its bare matmul, a CLT step <= 1
 of its encoder matmuls, tokens/s >= 1.5x sparsify's transcoder on the same shape.
 
 ``--profile``: then ``torch.profiler`` over ``--profile-steps`` steps of ours-plt (each
-shape) and the CLT, alone: the ops with the largest self time per step, our compiled
-kernels (``interp.sae.kernels``) labelled by name (their time is otherwise folded into the
-autograd node or the Python that calls them).
+shape) and the CLT, alone: the ops with the largest self time per step (each op's median
+over the steps), our compiled kernels (``interp.sae.kernels``) labelled by name (their time
+is otherwise folded into the autograd node or the Python that calls them). On a busy
+machine every parallel op waits for its preempted threads (a scheduler slice, several ms,
+whatever its size): ``--threads 1`` then shows where the work is.
 """
 from __future__ import annotations
 
@@ -183,8 +185,9 @@ def clt_table(clt_shape, batch: int, t: dict[str, float]) -> list[str]:
     r = t["ours-clt"] / t["matmuls"]
     print(f"\nCLT n={n} layers, d={d} m={m} k={k} per layer: sum of {n} bare x_L @ W_enc_L "
           f"{1000 * t['matmuls']:.1f} ms")
-    print(f"  {'ours-clt':26s} {1000 * t['ours-clt']:9.1f} ms/step "
-          f"{batch / t['ours-clt']:11,.0f} tokens/s {r:8.2f}x the matmuls")
+    print(f"  {'contender':26s} {'ms/step':>9s} {'tokens/s':>11s} {'x matmuls':>9s}")
+    print(f"  {'ours-clt':26s} {1000 * t['ours-clt']:9.1f} {batch / t['ours-clt']:11,.0f} "
+          f"{r:8.2f}x")
     return [_target(f"CLT step <= {TARGET_MATMUL}x sum of encoder matmuls, n={n} d={d} m={m} "
                     f"k={k}", f"{r:.2f}x", r <= TARGET_MATMUL)]
 
@@ -220,24 +223,30 @@ def labelled_kernels():
 
 
 def profile(label: str, step, batches: list[tuple], bare_ms: float, top: int = 14) -> None:
-    """Print the ops with the largest self CPU time per step of ``step`` over ``batches``."""
+    """Print the ops with the largest self CPU time per step of ``step``: each step is
+    profiled on its own and every op's figure is its median over the steps, so that a
+    step the scheduler preempted (a busy machine) does not set it."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     for b in batches[:2]:
         step(*b)
-    with labelled_kernels(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for b in batches:
+    per_step: list[dict[str, tuple[int, float]]] = []
+    for b in batches[2:]:
+        with labelled_kernels(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             step(*b)
-    n = len(batches)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) / 1000 / n
-    print(f"\nprofile {label}: {total:.1f} ms/step of self time under the profiler "
-          f"(the bare matmul(s): {bare_ms:.1f} ms)")
+        per_step.append({e.key: (e.count, e.self_cpu_time_total / 1000)
+                         for e in prof.key_averages()})
+    keys = {key for ops in per_step for key in ops}
+    ms = {key: statistics.median(ops.get(key, (0, 0.0))[1] for ops in per_step) for key in keys}
+    calls = {key: max(ops.get(key, (0, 0.0))[0] for ops in per_step) for key in keys}
+    total = statistics.median(sum(t for _, t in ops.values()) for ops in per_step)
+    print(f"\nprofile {label}, {torch.get_num_threads()} threads: {total:.1f} ms/step of self "
+          f"time under the profiler, median of {len(per_step)} steps (bare matmul(s) in the "
+          f"timed rounds: {bare_ms:.1f} ms)")
     print(f"  {'op':58s} {'calls':>6s} {'ms/step':>8s} {'share':>6s}")
-    for e in events[:top]:
-        ms = e.self_cpu_time_total / 1000 / n
-        print(f"  {e.key[:58]:58s} {e.count / n:6.1f} {ms:8.2f} {100 * ms / total:5.1f}%")
+    for key in sorted(ms, key=ms.get, reverse=True)[:top]:
+        print(f"  {key[:58]:58s} {calls[key]:6d} {ms[key]:8.2f} {100 * ms[key] / total:5.1f}%")
 
 
 def run_profiles(shapes, clt_shape, batch: int, n_steps: int, bare: dict) -> None:
@@ -270,7 +279,10 @@ def parse_args() -> argparse.Namespace:
                     "ours-skip-plt, sparsify-transcoder, sparsify-skip-transcoder)")
     ap.add_argument("--profile", action="store_true",
                     help="then profile ours-plt on each shape and the CLT")
-    ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps profiled (medians)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 gives steadier figures on a "
+                    "busy machine, where a parallel op waits for a preempted thread")
     return ap.parse_args()
 
 
@@ -278,6 +290,8 @@ def main() -> None:
     args = parse_args()
     from interp.sae import kernels
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = parse_shapes(args.shapes) if args.shapes else []
     clt_shape = None if args.no_clt else tuple(int(v) for v in args.clt.split(":"))
     names = args.only.split(",") if args.only else plt_names()

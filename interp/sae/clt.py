@@ -188,6 +188,11 @@ class CrossLayerTranscoder(nn.Module):
             raise DataError(f"a CLT over {n} layers writes (rows, {n}, {self.cfg.d_out}); "
                             f"the target has {tuple(y.shape)}")
 
+    def _assemble(self, contributions: list[torch.Tensor]) -> torch.Tensor:
+        """(B, n, d_out) the sum over source layers i of their contributions (B, (n-i) d)
+        at targets i..n-1: one output tensor, filled in place (``_Assemble``)."""
+        return _Assemble.apply(self.cfg.n_layers, self.cfg.d_out, *contributions)
+
     def _place(self, i: int, contribution: torch.Tensor) -> torch.Tensor:
         """(B, n, d_out) layer i's contributions (B, (n-i) * d_out) at targets i..n-1."""
         B = contribution.shape[0]
@@ -197,8 +202,7 @@ class CrossLayerTranscoder(nn.Module):
     def forward(self, x: torch.Tensor, step: int | None = None) -> CLTOutput:
         self._check_shapes(x)
         outs = [enc(x[:, i], step) for i, enc in enumerate(self.encoders)]
-        x_hat = sum(self._place(i, o.x_hat) for i, o in enumerate(outs))
-        return CLTOutput(x_hat, outs)
+        return CLTOutput(self._assemble([o.x_hat for o in outs]), outs)
 
     def encode_layer(self, i: int, x: torch.Tensor):
         """Layer i's ``SAEOutput`` on its input x (B, d_in) (its x_hat: contributions)."""
@@ -241,9 +245,8 @@ class CrossLayerTranscoder(nn.Module):
     def _matryoshka_mse(self, out: CLTOutput, generator, y: torch.Tensor) -> torch.Tensor:
         total = y.new_zeros(())
         for m in self.encoders[0].prefix_sizes(generator):
-            y_hat = sum(self._place(i, enc.decode_sparse(o.values * (o.indices < m),
-                                                         o.indices))
-                        for i, (enc, o) in enumerate(zip(self.encoders, out.outs)))
+            y_hat = self._assemble([enc.decode_sparse(o.values * (o.indices < m), o.indices)
+                                    for enc, o in zip(self.encoders, out.outs)])
             total = total + sum_sq_error(y_hat, y)
         return total
 
@@ -315,6 +318,25 @@ class CrossLayerTranscoder(nn.Module):
             enc.b_dec.div_(per_target)  # thresholds are on z: the folding keeps z
         self.activation_scale.fill_(1.0)
         self.activation_scale_out.fill_(1.0)
+
+
+class _Assemble(torch.autograd.Function):
+    """out[:, i:] += c_i for each source layer i, into one (B, n, d) tensor; the gradient
+    of c_i is a view of the output's gradient (no padded copies, as F.pad + sum makes)."""
+
+    @staticmethod
+    def forward(ctx, n, d, *contributions):
+        first = contributions[0]
+        out = first.reshape(first.shape[0], n, d).clone()
+        for i, c in enumerate(contributions[1:], start=1):
+            out[:, i:].add_(c.reshape(c.shape[0], n - i, d))
+        ctx.n, ctx.d = n, d
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        n, d = ctx.n, ctx.d
+        return (None, None, *(g[:, i:].reshape(g.shape[0], (n - i) * d) for i in range(n)))
 
 
 def layer_scales(sample: torch.Tensor) -> torch.Tensor:
