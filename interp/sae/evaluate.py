@@ -11,7 +11,7 @@ import torch
 from interp.data.sources import OthelloSource, check_fits, make_source
 from interp.data.sources import batches as token_batches
 from interp.errors import DataError, InterpError, unknown
-from interp.hooks import flat_units
+from interp.hooks import flat_units, with_first_position
 from interp.sae.core import DENSE_FREQUENCY, SparseAutoencoder
 
 
@@ -81,15 +81,18 @@ def splice_hook(sae: SparseAutoencoder, scale: float = 1.0, keep: dict | None = 
     return hook_fn
 
 
-def splice_hooks(sae: SparseAutoencoder) -> list[tuple[str, object]]:
+def splice_hooks(sae: SparseAutoencoder, keep_first: bool = False) -> list[tuple[str, object]]:
     """The TransformerLens hooks that put a saved dictionary into its model: an SAE replaces
     its hook by its reconstruction; a transcoder keeps its input hook's activation and
-    replaces its output hook by its prediction from it (the MLP replaced)."""
+    replaces its output hook by its prediction from it (the MLP replaced). ``keep_first``
+    leaves position 0 as the model computes it (``with_first_position``)."""
     if not isinstance(sae, SparseAutoencoder):  # a cross-layer transcoder splices itself
-        return sae.splice_hooks()
+        return sae.splice_hooks(keep_first)
     md = sae.cfg.metadata or {}
     if not sae.cfg.transcoder:
-        return [(md.get("hook_name"), splice_hook(sae))]
+        fn = splice_hook(sae)
+        return [(md.get("hook_name"), lambda act, hook: with_first_position(
+            fn(act, hook), act, keep_first))]
     kept: dict = {}
 
     def keep_input(act, hook):
@@ -98,7 +101,8 @@ def splice_hooks(sae: SparseAutoencoder) -> list[tuple[str, object]]:
     def predict(act, hook):
         x = flat_units(kept.pop("x"), sae.cfg.d_in).reshape(-1, sae.cfg.d_in)
         flat_units(act, sae.cfg.out_dim)  # the output hook's width checked the same way
-        return sae(x.float()).x_hat.reshape(act.shape).to(act.dtype)
+        y_hat = sae(x.float()).x_hat.reshape(act.shape).to(act.dtype)
+        return with_first_position(y_hat, act, keep_first)
 
     return [(md.get("hook_name"), keep_input), (md.get("hook_name_out"), predict)]
 

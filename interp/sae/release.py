@@ -143,11 +143,13 @@ def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
     shared by the specs that name the same ``store``)."""
     from interp.sae.trainer import TrainConfig, objective_and_arch, train_sae
 
-    if spec.folder.exists():
-        if not force:
-            log.info(f"{spec.name}: already built ({spec.folder}); --force rebuilds it")
-            return registry().get(spec.name, {})
+    built = (spec.folder / "cfg.json").exists()  # a checkpoint alone: a run to resume
+    if built and not force and spec.name in registry():
+        log.info(f"{spec.name}: already built ({spec.folder}); --force rebuilds it")
+        return registry()[spec.name]
+    if force and spec.folder.exists():
         shutil.rmtree(spec.folder)
+        built = False
     objective, arch = objective_and_arch(spec.arch)
     store = _release_store(spec, work) if objective == "store" else work / spec.store
     cfg = TrainConfig(store=str(store), out=str(spec.folder),
@@ -156,7 +158,8 @@ def build(spec: ReleaseSpec, work: Path, force: bool = False) -> dict:
                       d_sae=spec.d_sae, k=spec.k, steps=spec.steps, batch_size=spec.batch_size,
                       lr=spec.lr, sae_options=dict(spec.options), model=spec.model,
                       eval_every=10**9, checkpoint_every=100)
-    train_sae(cfg)
+    if not built:  # trained but not registered (stopped during its evaluation): evaluate
+        train_sae(cfg)
     entry = {"folder": str(spec.folder.relative_to(REPO_ROOT)), "model": spec.model,
              "hook": spec.hook, "arch": spec.arch, "d_sae": spec.d_sae, "k": spec.k}
     if spec.hook_out:

@@ -5,7 +5,10 @@ to the original.
 A replacement is a list of dictionaries, each spliced by ``interp.sae.evaluate.
 splice_hooks`` (a transcoder keeps its input hook and replaces its output hook by its
 prediction; a CLT does so at every layer it covers, summing the contributions of every
-earlier layer; an SAE replaces its hook by its reconstruction). It is named on the command
+earlier layer; an SAE replaces its hook by its reconstruction) at every position but the
+first: the BOS position's activations are one constant for every context (it attends to
+itself only), harvests leave it out, so no dictionary was trained on it, and keeping it is
+adding a constant (circuit-tracer also leaves it out). It is named on the command
 line by folders, shipped names, or a *set folder* (a folder whose subfolders are
 dictionaries, e.g. ``saes/othello/transcoders/plt``).
 
@@ -53,8 +56,10 @@ class Replacement:
         return [h for d in self.dictionaries for h in _read(d)]
 
     def hooks(self) -> list[tuple[str, object]]:
-        """The TransformerLens forward hooks that splice every dictionary in."""
-        return [h for d in self.dictionaries for h in splice_hooks(d)]
+        """The TransformerLens forward hooks that splice every dictionary in, at every
+        position but the BOS one (the same in every context, and left out of every
+        harvest the dictionaries were trained on: ``interp.hooks.with_first_position``)."""
+        return [h for d in self.dictionaries for h in splice_hooks(d, keep_first=True)]
 
     @property
     def total_latents(self) -> int:
@@ -207,8 +212,9 @@ class _LocalFigures:
 
     def add(self, cache) -> None:
         for i, d in enumerate(self.rep.dictionaries):
-            xs = [cache[h].flatten(0, 1).flatten(1).float() for h in _read(d)]
-            ys = [cache[h].flatten(0, 1).flatten(1).float() for h in _written(d)]
+            # position 0 (BOS) left out, as harvests and the replacement's splice do
+            xs = [cache[h][:, 1:].flatten(0, 1).flatten(1).float() for h in _read(d)]
+            ys = [cache[h][:, 1:].flatten(0, 1).flatten(1).float() for h in _written(d)]
             if isinstance(d, CrossLayerTranscoder):
                 self.batches[i].append((torch.stack(xs, 1), torch.stack(ys, 1)))
             else:

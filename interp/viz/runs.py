@@ -253,7 +253,7 @@ def replacement_evals(run: str | Path | None, model: str | None = None) -> list[
 def replacement_row(ev: dict) -> dict:
     """One replacement model as a table row."""
     lm = ev.get("legal_moves") or {}
-    return {"replacement": ev["name"], "from": ev["source"], "MLPs replaced":
+    return {"replacement": ev["name"], "from": ev["source"], "hooks replaced":
             len(ev.get("replaces") or []), "total L0": ev.get("total_l0"),
             "CE-loss recovered": ev.get("ce_loss_recovered"), "KL": ev.get("kl"),
             "top-1 agreement %": 100 * ev["top1_agreement"] if "top1_agreement" in ev else None,
