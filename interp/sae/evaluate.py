@@ -127,52 +127,69 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
-                    token_batches: Iterable[torch.Tensor], scale: float = 1.0,
-                    ablation: str = "zero") -> dict:
-    """How much of the model's next-token loss survives replacing ``hook`` by the SAE (a
-    transcoder: its output hook by its prediction from its input hook).
-
-    CE-loss recovered = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean), with the
-    replaced hook zero- or mean-ablated (``ablation``); KL is KL(clean || spliced) per token.
-    Position 0 (the BOS prediction of token 1 included) counts like any other.
-    """
-    if ablation not in ("zero", "mean"):
-        raise unknown("ablation", ablation, ["zero", "mean"])
-    was = sae.training
-    sae.eval()
-    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_ablated": 0.0, "kl": 0.0}
+def compare_with_splice(model, token_batches: Iterable[torch.Tensor], spliced_hooks,
+                        ablation_hooks, cache_names: Iterable[str] = (), on_cache=None) -> dict:
+    """The model with ``spliced_hooks`` against the model itself and against it with
+    ``ablation_hooks(cache)`` (the hooks replaced by zeros or means), on every batch: mean
+    next-token CE of the three, KL(clean || spliced) and top-1 agreement per token, and
+    CE-loss recovered = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean). The clean run
+    caches ``cache_names``, given to ``ablation_hooks`` and to ``on_cache`` (per batch).
+    Position 0 (the BOS prediction of token 1 included) counts like any other."""
+    names = set(cache_names)
+    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_ablated": 0.0, "kl": 0.0,
+            "top1_agreement": 0.0}
     n = 0
-    try:
-        for tokens in token_batches:
-            tokens = tokens.to(model.cfg.device)
-            if sae.cfg.transcoder:
-                hook, fwd = written_hook(sae), splice_hooks(sae)
-            else:
-                fwd = [(hook, splice_hook(sae, scale))]
-            clean, cache = model.run_with_cache(tokens, names_filter=[hook])
-            spliced = model.run_with_hooks(tokens, fwd_hooks=fwd)
-            mean = cache[hook].mean((0, 1), keepdim=True)
-
-            def ablate(act, hook):
-                return torch.zeros_like(act) if ablation == "zero" else mean.expand_as(act)
-
-            ablated = model.run_with_hooks(tokens, fwd_hooks=[(hook, ablate)])
-            sums["ce_clean"] += float(_next_token_ce(clean, tokens).sum())
-            sums["ce_spliced"] += float(_next_token_ce(spliced, tokens).sum())
-            sums["ce_ablated"] += float(_next_token_ce(ablated, tokens).sum())
-            sums["kl"] += float(kl_per_token(clean, spliced)[:, :-1].sum())
-            n += tokens.shape[0] * (tokens.shape[1] - 1)
-    finally:
-        sae.train(was)
+    for tokens in token_batches:
+        tokens = tokens.to(model.cfg.device)
+        clean, cache = model.run_with_cache(tokens, names_filter=lambda h: h in names)
+        if on_cache is not None:
+            on_cache(cache)
+        spliced = model.run_with_hooks(tokens, fwd_hooks=spliced_hooks)
+        ablated = model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(cache))
+        sums["ce_clean"] += float(_next_token_ce(clean, tokens).sum())
+        sums["ce_spliced"] += float(_next_token_ce(spliced, tokens).sum())
+        sums["ce_ablated"] += float(_next_token_ce(ablated, tokens).sum())
+        sums["kl"] += float(kl_per_token(clean, spliced)[:, :-1].sum())
+        sums["top1_agreement"] += float((clean[:, :-1].argmax(-1)
+                                         == spliced[:, :-1].argmax(-1)).sum())
+        n += tokens.shape[0] * (tokens.shape[1] - 1)
     if n == 0:
         raise DataError("no token batches to evaluate on (the token source gave no context)")
     res = {k: v / n for k, v in sums.items()}
     gap = res["ce_ablated"] - res["ce_clean"]
     res["ce_loss_recovered"] = ((res["ce_ablated"] - res["ce_spliced"]) / gap if gap
                                 else float("nan"))
-    res["ablation"] = ablation
     res["n_tokens"] = n
+    return res
+
+
+def spliced_metrics(model, sae: SparseAutoencoder, hook: str,
+                    token_batches: Iterable[torch.Tensor], scale: float = 1.0,
+                    ablation: str = "zero") -> dict:
+    """How much of the model's next-token loss survives replacing ``hook`` by the SAE (a
+    transcoder: its output hook by its prediction from its input hook), with the replaced
+    hook zero- or mean-ablated (``ablation``) as the baseline (``compare_with_splice``)."""
+    if ablation not in ("zero", "mean"):
+        raise unknown("ablation", ablation, ["zero", "mean"])
+    if sae.cfg.transcoder:
+        hook, fwd = written_hook(sae), splice_hooks(sae)
+    else:
+        fwd = [(hook, splice_hook(sae, scale))]
+
+    def ablate_hooks(cache):
+        mean = cache[hook].mean((0, 1), keepdim=True)
+
+        def ablate(act, hook):
+            return torch.zeros_like(act) if ablation == "zero" else mean.expand_as(act)
+        return [(hook, ablate)]
+
+    was = sae.training
+    sae.eval()
+    try:
+        res = compare_with_splice(model, token_batches, fwd, ablate_hooks, [hook])
+    finally:
+        sae.train(was)
+    res["ablation"] = ablation
     return res
 
 

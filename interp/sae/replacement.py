@@ -33,8 +33,8 @@ import torch
 from interp.errors import DataError
 from interp.sae.clt import CrossLayerTranscoder, clt_metrics, is_clt_folder, load_clt
 from interp.sae.core import SparseAutoencoder
-from interp.sae.evaluate import (_next_token_ce, eval_token_source, kl_per_token,
-                                 splice_hooks, written_hook)
+from interp.sae.evaluate import (compare_with_splice, eval_token_source, splice_hooks,
+                                 written_hook)
 
 Dictionary = SparseAutoencoder | CrossLayerTranscoder
 
@@ -169,34 +169,13 @@ def open_replacement(specs: list[str], device: str = "cpu") -> Replacement:
 def replacement_metrics(model, rep: Replacement, token_batches) -> dict:
     """The replaced model against the original on ``token_batches`` (see the module doc),
     and each dictionary's local figures on the original's activations."""
-    sums = {"ce_clean": 0.0, "ce_replaced": 0.0, "ce_ablated": 0.0, "kl": 0.0,
-            "top1_agreement": 0.0}
-    n = 0
     local = _LocalFigures(rep)
-    names = set(rep.read_hooks()) | set(rep.written_hooks())
-    ablate = [(h, lambda act, hook: torch.zeros_like(act)) for h in rep.written_hooks()]
     for d in rep.dictionaries:
         d.eval()
-    for tokens in token_batches:
-        tokens = tokens.to(model.cfg.device)
-        clean, cache = model.run_with_cache(tokens, names_filter=lambda h: h in names)
-        local.add(cache)
-        replaced = model.run_with_hooks(tokens, fwd_hooks=rep.hooks())
-        ablated = model.run_with_hooks(tokens, fwd_hooks=ablate)
-        sums["ce_clean"] += float(_next_token_ce(clean, tokens).sum())
-        sums["ce_replaced"] += float(_next_token_ce(replaced, tokens).sum())
-        sums["ce_ablated"] += float(_next_token_ce(ablated, tokens).sum())
-        sums["kl"] += float(kl_per_token(clean, replaced)[:, :-1].sum())
-        agree = clean[:, :-1].argmax(-1) == replaced[:, :-1].argmax(-1)
-        sums["top1_agreement"] += float(agree.sum())
-        n += tokens.shape[0] * (tokens.shape[1] - 1)
-    if n == 0:
-        raise DataError("no token batches to evaluate on (the token source gave no context)")
-    res = {k: v / n for k, v in sums.items()}
-    gap = res["ce_ablated"] - res["ce_clean"]
-    res["ce_loss_recovered"] = ((res["ce_ablated"] - res["ce_replaced"]) / gap if gap
-                                else float("nan"))
-    res["n_tokens"] = n
+    zero = [(h, lambda act, hook: torch.zeros_like(act)) for h in rep.written_hooks()]
+    res = compare_with_splice(model, token_batches, rep.hooks(), lambda cache: zero,
+                              set(rep.read_hooks()) | set(rep.written_hooks()), local.add)
+    res["ce_replaced"] = res.pop("ce_spliced")
     res["dictionaries"] = local.figures()
     res["total_l0"] = sum(f["l0"] for f in res["dictionaries"])
     return res
