@@ -333,11 +333,18 @@ def test_app_overview_lists_the_transcoder_with_its_hooks(monkeypatch, plt_run):
     row = table[table["SAE"] == "plt"].iloc[0]
     assert row["kind"] == "transcoder"
     assert row["hook"] == f"reads {HOOK_IN} → writes {HOOK_OUT}"
-    assert set(table[table["SAE"] != "plt"]["kind"]) == {"SAE"}
+    others = table[~table["SAE"].str.contains("plt")]  # shipped PLT sets are transcoders
+    assert set(others["kind"]) == {"SAE"}
+    assert set(table[table["SAE"].str.startswith("othello/skip_plt/")]["kind"]) == {
+        "skip transcoder"}
 
 
 def test_app_feature_page_of_a_transcoder_latent(monkeypatch, plt_run):
-    at = app(monkeypatch, plt_run, "features", sae="plt", latent=5)
+    from interp.features import FeatureStore
+
+    with FeatureStore(plt_run / "features" / "plt.duckdb") as fs:
+        alive = next(i for i, d in enumerate(fs.summary()["density"]) if d > 0)
+    at = app(monkeypatch, plt_run, "features", sae="plt", latent=alive)
     captions = "\n".join(c.value for c in at.caption)
     assert f"reads `{HOOK_IN}` → writes `{HOOK_OUT}`" in captions
     assert f"its logit effects are its decoder row at `{HOOK_OUT}`" in captions
