@@ -263,17 +263,21 @@ def replacement_row(ev: dict) -> dict:
 
 def replacement_layers_figure(evals: list[dict]) -> go.Figure:
     """Per-layer FVU (markers) and L0 (hover) of each replacement model's dictionaries,
-    by the MLP output they write."""
+    by the layer whose output they write."""
+    from interp.hooks import layer_of
+
     fig = go.Figure()
     for ev in evals:
         layers = [x for d in ev.get("dictionaries", []) for x in d.get("layers", [d])]
-        names = [x.get("layer", (x.get("writes") or ["?"])[0]) for x in layers]
+        names = [x["layer"] if "layer" in x else layer_of((x.get("writes") or [""])[0])
+                 for x in layers]   # a CLT's layers, or the layer each set member writes
         fig.add_trace(go.Scatter(
-            x=[str(n) for n in names], y=[x["fvu"] for x in layers], mode="lines+markers",
+            x=names, y=[x["fvu"] for x in layers], mode="lines+markers",
             name=ev["name"], customdata=[x["l0"] for x in layers],
             hovertemplate="%{x}<br>FVU %{y:.3f}<br>L0 %{customdata:.1f}<extra></extra>"))
     fig.update_layout(title="Replacement models: FVU of each MLP output", height=380,
-                      xaxis_title="MLP (layer or hook)", yaxis_title="FVU (NMSE)",
+                      xaxis_title="layer (the MLP or attention output replaced)",
+                      yaxis_title="FVU (NMSE)", xaxis_dtick=1,
                       margin=dict(l=60, r=20, t=60, b=50))
     return fig
 
