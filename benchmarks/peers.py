@@ -228,28 +228,48 @@ def _make_sparsify(d_in, d_sae, k, lr, seed, total_steps, warmup_steps, auxk, op
                    device):
     from sparsify import SparseCoder, SparseCoderConfig
 
-    auxk_alpha = 1 / 32 if auxk else 0.0
-    dead_feature_threshold = 10_000_000  # sparsify's TrainConfig default, in tokens
     torch.manual_seed(seed)
     sae = SparseCoder(d_in, SparseCoderConfig(activation="topk", num_latents=d_sae, k=k),
                       device, dtype=torch.float32)
     opt, schedulers = _sparsify_optimizer(sae, lr, optimizer, total_steps, warmup_steps)
-
-    num_tokens_since_fired = torch.zeros(d_sae, device=device, dtype=torch.long)
-    did_fire = torch.zeros(d_sae, device=device, dtype=torch.bool)
-    state = {"step": 0}
+    coder_step = _sparsify_step(sae, opt, schedulers, auxk, transcoder=False)
 
     def step_fn(x: torch.Tensor) -> float:
+        return coder_step(x, x)
+
+    step_fn.optimizer = opt  # type: ignore[attr-defined]
+    return step_fn, sae
+
+
+def _sparsify_step(sae, opt, schedulers, auxk: bool, transcoder: bool):
+    """One step of sparsify's trainer on a coder, ``step_fn(x, y)`` (an SAE: y is x): its
+    first-step init (an SAE: b_dec the inputs' mean; a transcoder: pre-activations centred
+    on the inputs, b_dec the outputs' mean), its loss (FVU + AuxK / 32 + multi-top-k FVU
+    / 8), an SAE's decoder kept unit-norm (a transcoder's is neither renormalised nor its
+    gradient projected), and its dead-latent counters (10M tokens, its TrainConfig
+    default)."""
+    auxk_alpha = 1 / 32 if auxk else 0.0
+    dead_feature_threshold = 10_000_000
+    device = sae.b_dec.device
+    num_tokens_since_fired = torch.zeros(sae.num_latents, device=device, dtype=torch.long)
+    did_fire = torch.zeros(sae.num_latents, device=device, dtype=torch.bool)
+    state = {"step": 0}
+
+    def step_fn(x: torch.Tensor, y: torch.Tensor) -> float:
         if state["step"] == 0:
-            sae.b_dec.data = x.mean(0).to(sae.dtype)
-        sae.set_decoder_norm_to_unit_norm()
+            if transcoder:
+                sae.encoder.bias.data = -x.mean(0) @ sae.encoder.weight.data.T
+            sae.b_dec.data = y.mean(0).to(sae.dtype)
+        if not transcoder:
+            sae.set_decoder_norm_to_unit_norm()
         dead_mask = num_tokens_since_fired > dead_feature_threshold if auxk_alpha > 0 else None
-        total_variance = (x - x.mean(0)).pow(2).sum()
-        out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
+        total_variance = (y - y.mean(0)).pow(2).sum()
+        out = sae(x=x, y=y, dead_mask=dead_mask, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
+        if not transcoder:
+            sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
         for scheduler in schedulers:
@@ -262,7 +282,7 @@ def _make_sparsify(d_in, d_sae, k, lr, seed, total_steps, warmup_steps, auxk, op
         return loss.item()
 
     step_fn.optimizer = opt  # type: ignore[attr-defined]
-    return step_fn, sae
+    return step_fn
 
 
 def _sparsify_optimizer(sae, lr, optimizer, total_steps, warmup_steps):
@@ -311,42 +331,13 @@ def make_transcoder_step(
         raise ValueError(f"{peer} trains no transcoders; expected one of {TRANSCODER_PEERS}")
     from sparsify import SparseCoder, SparseCoderConfig
 
-    auxk_alpha = 1 / 32 if auxk else 0.0
-    dead_feature_threshold = 10_000_000  # sparsify's TrainConfig default, in tokens
     torch.manual_seed(seed)
     sae = SparseCoder(d_in, SparseCoderConfig(activation="topk", num_latents=d_sae, k=k,
                                               transcode=True, skip_connection=skip),
                       device, dtype=torch.float32)
     opt, schedulers = _sparsify_optimizer(sae, lr, optimizer or "signum", total_steps,
                                           warmup_steps)
-    num_tokens_since_fired = torch.zeros(d_sae, device=device, dtype=torch.long)
-    did_fire = torch.zeros(d_sae, device=device, dtype=torch.bool)
-    state = {"step": 0}
-
-    def step_fn(x: torch.Tensor, y: torch.Tensor) -> float:
-        if state["step"] == 0:  # pre-activations centred on the inputs; b_dec the outputs' mean
-            sae.encoder.bias.data = -x.mean(0) @ sae.encoder.weight.data.T
-            sae.b_dec.data = y.mean(0).to(sae.dtype)
-        # a transcoder's decoder is neither renormalised nor its gradient projected
-        dead_mask = num_tokens_since_fired > dead_feature_threshold if auxk_alpha > 0 else None
-        total_variance = (y - y.mean(0)).pow(2).sum()
-        out = sae(x=x, y=y, dead_mask=dead_mask, total_variance=total_variance)
-        did_fire[out.latent_indices.flatten()] = True
-        loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        for scheduler in schedulers:
-            scheduler.step()
-        with torch.no_grad():
-            num_tokens_since_fired.add_(x.shape[0])
-            num_tokens_since_fired[did_fire] = 0
-            did_fire.zero_()
-        state["step"] += 1
-        return loss.item()
-
-    step_fn.optimizer = opt  # type: ignore[attr-defined]
-    return step_fn, sae
+    return _sparsify_step(sae, opt, schedulers, auxk, transcoder=True), sae
 
 
 @contextlib.contextmanager

@@ -260,11 +260,15 @@ def _eval_out(args: argparse.Namespace):
     for flag in ("tokens", "contexts"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    from interp.sae.replacement import is_replacement
+
     if len(args.sae) > 1 and not args.out:
         raise UsageError("several dictionaries are evaluated as one replacement model: give "
                          "--out FOLDER for its eval.json")
-    if len(args.sae) > 1 and args.k is not None:
-        raise UsageError("--k evaluates one top-k SAE at k' <= k, not a replacement model")
+    if is_replacement(args.sae) and (args.k is not None or args.store):
+        raise UsageError("a replacement model (several transcoders, a set or a CLT) is "
+                         "evaluated on the model's own activations: --k and --store take one "
+                         "SAE or transcoder")
     out = eval_folder(args.sae[0], args.out, args.store)
     if out is None:
         raise UsageError(f"{args.sae[0]} is a shipped SAE, whose files are not rewritten: give "
@@ -274,7 +278,9 @@ def _eval_out(args: argparse.Namespace):
 
 
 def _print_replacement(res: dict) -> None:
-    print(f"replacement model of {res['model']}: {len(res['names'])} dictionaries replace "
+    n = len(res["names"])
+    print(f"replacement model of {res['model']}: {n} dictionar{'y' if n == 1 else 'ies'} "
+          f"replace "
           f"{', '.join(res['replaces'])}")
     for d in res["dictionaries"]:
         print(f"  {d['name']}: FVU {d['fvu']:.4f}, L0 {d['l0']:.1f}, dead "
@@ -297,10 +303,6 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from interp.sae.replacement import evaluate_replacement, is_replacement
 
     if is_replacement(args.sae):
-
-        if args.store:
-            raise UsageError("a replacement model is evaluated on the model's own activations "
-                             "(--source, --contexts), not on a store")
         _print_replacement(evaluate_replacement(args.sae, model=args.model, source=args.source,
                                                 contexts=args.contexts, out=args.eval_out))
         return

@@ -197,3 +197,21 @@ def test_a_transcoder_whose_hooks_the_model_lacks_is_refused(othello, tmp_path):
     save_sae(tc, tmp_path / "set" / "b", metadata={"hook_name": mlp_io_hooks(7)[0],
                                                     "hook_name_out": mlp_io_hooks(7)[1]})
     refuse(["eval", tmp_path / "set", "--model", "othello"], "blocks.7", watch=[tmp_path])
+
+
+def test_eval_refuses_store_k_and_a_corrupt_clt(tmp_path):
+    """--k and --store take one SAE or transcoder; a truncated CLT is named, one line."""
+    import shutil
+
+    from interp.models.zoo import REPO_ROOT
+
+    refuse(["eval", "othello/clt", "--k", "4", "--out", tmp_path / "e"], "--k and --store")
+    refuse(["eval", "othello/plt", "--store", tmp_path, "--out", tmp_path / "e"],
+           "--k and --store")
+    bad = tmp_path / "clt"
+    shutil.copytree(REPO_ROOT / "saes" / "othello" / "clt", bad)
+    weights = bad / "clt_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    refuse(["eval", bad, "--out", tmp_path / "e"], "not a readable cross-layer transcoder",
+           watch=[bad])
+    assert not (tmp_path / "e").exists()

@@ -455,7 +455,7 @@ def load_clt(folder: str | Path, device: str | torch.device = "cpu") -> CrossLay
         raw = json.loads((folder / "cfg.json").read_text())
         cfg = CLTConfig.from_dict(raw["clt"])
         weights = load_file(str(folder / WEIGHTS))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # also safetensors' own errors for a truncated file
         raise CorruptArtifactError(f"{folder} is not a readable cross-layer transcoder "
                                    f"({e})") from e
     clt = CrossLayerTranscoder(cfg)
