@@ -257,7 +257,7 @@ def _eval_out(args: argparse.Namespace):
     """Where ``interp eval`` writes; a shipped SAE's own files are never rewritten."""
     from interp.outputs import eval_folder
 
-    for flag in ("tokens", "contexts"):
+    for flag in ("tokens", "contexts", "games"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
     from interp.sae.replacement import is_replacement
@@ -304,7 +304,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     if is_replacement(args.sae):
         _print_replacement(evaluate_replacement(args.sae, model=args.model, source=args.source,
-                                                contexts=args.contexts, out=args.eval_out))
+                                                contexts=args.contexts, out=args.eval_out,
+                                                games=args.games))
         return
     (args.sae,) = args.sae
     res = evaluate_sae(args.sae, store=args.store, model=args.model, source=args.source,
@@ -339,6 +340,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--source", default=None, help="token source for the spliced metrics")
     p.add_argument("--tokens", type=int, default=50_000)
     p.add_argument("--contexts", type=int, default=64)
+    p.add_argument("--games", type=int, default=500, help="othello replacement model: games "
+                   "for the legal-move accuracy")
     p.add_argument("--k", type=int, default=None, help="evaluate a top-k SAE at k' <= k")
     p.add_argument("--out", default=None, help="folder for eval.json and the figures "
                    "(default: the SAE's folder; for a shipped SAE, RUN/evals/NAME of the run "
