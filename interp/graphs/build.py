@@ -160,7 +160,8 @@ def feature_target(nodes: PromptNodes, block: str, pos: int, latent: int) -> Tar
     from interp.hooks import flat_units
 
     x_in = flat_units(nodes.cache[b.read], b.encoder.cfg.d_in)[0, pos].float()
-    value = float(b.encoder.encode_pre(x_in[None])[0, latent])
+    with torch.no_grad():
+        value = float(b.encoder.encode_pre(x_in[None])[0, latent])
     return Target("feature", f"{block}[{latent}]@{pos}", 1.0,
                   [(b.read, pos, b.encoder_direction(latent))], value=value,
                   info={"block": block, "position": pos, "latent": latent})

@@ -190,3 +190,40 @@ def prompt_nodes(model, blocks: list[Block], tokens: torch.Tensor) -> PromptNode
                        token_vectors=cache["hook_embed"][0].float(),
                        logits=logits[0, -1].float(), frozen=FrozenTransformer(model, cache),
                        cache=cache)
+
+
+@torch.no_grad()
+def feature_activations(model, blocks: list[Block], tokens: torch.Tensor,
+                        features: list[tuple[str, int]], batch_size: int = 64
+                        ) -> torch.Tensor:
+    """(N, T, F) the activation of each ``(block name, latent)`` of ``features`` at every
+    position of the prompts ``tokens`` (N, T), computed as ``prompt_nodes`` computes a
+    node's (position 0 is zero): what a graph's feature does on many other prompts, for
+    profiling it against ground truth."""
+    tokens = torch.as_tensor(tokens).long()
+    if tokens.ndim != 2:
+        raise DataError("give the prompts as a 2-D (N, T) token array")
+    names = [b.name for b in blocks]
+    wanted: dict[int, list[tuple[int, int]]] = {}   # block -> [(column, latent)]
+    for col, (name, latent) in enumerate(features):
+        if name not in names:
+            raise DataError(f"no dictionary at {name}; the blocks: {', '.join(names)}")
+        b = names.index(name)
+        if not 0 <= latent < blocks[b].d_sae:
+            raise DataError(f"latent {latent} is outside 0..{blocks[b].d_sae - 1} of {name}")
+        wanted.setdefault(b, []).append((col, latent))
+    reads = {blocks[b].read for b in wanted}
+    n, t = tokens.shape
+    out = torch.zeros(n, t, len(features))
+    for start in range(0, n, batch_size):
+        batch = tokens[start:start + batch_size]
+        _, cache = model.run_with_cache(batch.to(model.cfg.device),
+                                        names_filter=lambda h: h in reads)
+        for b, cols in wanted.items():
+            enc = blocks[b].encoder
+            x_in = flat_units(cache[blocks[b].read], enc.cfg.d_in).float()
+            codes = enc(x_in.reshape(-1, enc.cfg.d_in)).dense().reshape(len(batch), t, -1)
+            col_idx = torch.tensor([c for c, _ in cols])
+            out[start:start + len(batch), :, col_idx] = codes[..., [lat for _, lat in cols]]
+    out[:, 0] = 0
+    return out
