@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from interp.errors import InterpError, UsageError
 
@@ -719,6 +720,73 @@ def _export_tracer_parser(sub) -> None:
     p.set_defaults(func=_cmd_export_tracer)
 
 
+def _cmd_graph(args: argparse.Namespace) -> None:
+    from interp.graphs.trace import trace
+
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:  # a line every 10% of the feature rows
+        if total and (done == total or done / total >= last[0] + 0.1):
+            last[0] = done / total
+            print(f"  rows: {done:,} / {total:,} features", flush=True)
+
+    doc, _ = trace(args.model, args.transcoders, args.prompt, args.target,
+                   max_feature_nodes=args.max_feature_nodes or None,
+                   batch_size=args.batch_size, node_threshold=args.node_threshold,
+                   edge_threshold=args.edge_threshold, max_features=args.max_features,
+                   validate_top=args.validate, out=args.out, tracer_out=args.tracer_json,
+                   progress=progress)
+    c, s = doc["counts"], doc["scores"]
+    print(f"{doc['model']}: {len(doc['tokens'])} tokens, {c['active_features']:,} active "
+          f"features ({c['attributed_features']:,} attributed) in {doc['seconds']:.2f} s")
+    for t in doc["targets"]:
+        print(f"  target {t['label']}: value {t['value']:.4f}, weight {t['weight']:.3f}")
+    print(f"replacement score {s['replacement']:.3f}, completeness {s['completeness']:.3f}")
+    print(f"pruned: {c['kept_features']:,} features, {c['kept_nodes']:,} nodes, "
+          f"{c['kept_edges']:,} edges (node threshold {args.node_threshold}, edge threshold "
+          f"{args.edge_threshold})")
+    for v in doc["validation"]:
+        print(f"intervention check ({v['mode']}, attention {v['attention']}, "
+              f"{v['n_features']} features ablated): Pearson {v['pearson']:.4f} over "
+              f"{v['n_values']:,} predicted vs measured changes")
+    out = Path(args.out)
+    print(f"saved {out} and {out.with_suffix('.html')}"
+          + (f"; circuit-tracer JSON {args.tracer_json}" if args.tracer_json else ""))
+
+
+def _graph_parser(sub) -> None:
+    from interp.graphs.trace import TARGET_FORMS
+
+    p = sub.add_parser("graph", help="attribution graph of one prompt over transcoders",
+                       description="Trace one prompt through a replacement model (per-layer "
+                       "or cross-layer transcoders for every MLP, optionally attention-output "
+                       "SAEs) with attention patterns and LayerNorm scales frozen: every edge "
+                       "is an exact direct effect. Prune by influence, score, save our JSON "
+                       "(and circuit-tracer's with --tracer-json) and a figure.")
+    p.add_argument("--transcoders", nargs="+", required=True,
+                   help="shipped names (othello/plt, othello/clt), folders or set folders; "
+                   "add attention SAEs (othello/attn) to replace attention outputs too")
+    p.add_argument("--prompt", required=True, help="othello: moves (f5 d6 c3); else text")
+    p.add_argument("--target", action="append", default=None,
+                   help=f"what to trace from, repeatable: {TARGET_FORMS} (default: logits)")
+    p.add_argument("--out", required=True, help="the graph JSON to write (a .html beside)")
+    p.add_argument("--model", default=None, help="default: the one the dictionaries record")
+    p.add_argument("--max-feature-nodes", type=int, default=8192,
+                   help="attribute at most this many features, the most influential "
+                   "first (0: all)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per backward pass")
+    p.add_argument("--node-threshold", type=float, default=0.8)
+    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--max-features", type=int, default=None,
+                   help="keep at most this many feature nodes when pruning")
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="check the N most influential features by intervention")
+    p.add_argument("--tracer-json", default=None,
+                   help="also write circuit-tracer's graph JSON (its frontend, Neuronpedia)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_graph)
+
+
 def _cmd_saes(args: argparse.Namespace) -> None:
     from interp.sae.release import entry_architecture, registry
 
@@ -803,7 +871,7 @@ def _add_force(p: argparse.ArgumentParser) -> None:
                    "are not what this command writes (never needed to resume)")
 
 
-PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _export_tracer_parser, _saes_parser, _app_parser)
+PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _export_tracer_parser, _graph_parser, _saes_parser, _app_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,7 @@ OUTPUT_CONFIG: dict[str, Callable[[argparse.Namespace, Any], Path | None]] = {
     "circuit": _beside,
     "probe": _beside,
     "features": _beside,
+    "graph": _beside,
     # config.yaml there is circuit-tracer's
     "export-tracer": _in_dir("out", "export_config.yaml"),
 }

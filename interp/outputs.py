@@ -177,6 +177,15 @@ def _circuit(a) -> Plan:
     return _beside(Path(a.out), "circuit", json_format(FORMAT), (".html", "_faithfulness.html"))
 
 
+def _graph(a) -> Plan:
+    from interp.graphs.io import FORMAT
+
+    plan = _beside(Path(a.out), "graph", json_format(FORMAT), (".html",))
+    if a.tracer_json:
+        plan.files[Path(a.tracer_json)] = json_with("metadata", "qParams", "nodes", "links")
+    return plan
+
+
 def _probe(a) -> Plan:
     return _beside(Path(a.out), "probe", json_with("dataset", "method", "sources"), (".html",))
 
@@ -228,7 +237,7 @@ def _demo(a) -> Plan:
 
 PLANS: dict[str, Callable[[argparse.Namespace], Plan | None]] = {
     "harvest": _harvest, "train": _train, "demo": _demo, "eval": _eval, "circuit": _circuit,
-    "probe": _probe, "features": _features, "export-tracer": _export_tracer,
+    "probe": _probe, "features": _features, "export-tracer": _export_tracer, "graph": _graph,
 }
 
 
