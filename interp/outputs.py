@@ -63,8 +63,8 @@ def config_of(command: str) -> Owner:
 
 
 def plotly_html(path: Path) -> bool:
-    head = _head(path)
-    return head.lstrip().lower().startswith(b"<html") and b"plotly" in head.lower()
+    head = _head(path).lstrip().lower()
+    return head.startswith((b"<html", b"<!doctype html")) and b"plotly" in head
 
 
 def json_lines(path: Path) -> bool:

@@ -258,3 +258,75 @@ def test_pearson():
     x = torch.tensor([1.0, 2.0, 3.0])
     assert pearson(x, 2 * x + 1) == pytest.approx(1.0)
     assert pearson(x, -x) == pytest.approx(-1.0)
+
+
+# ------------------------------------------------------------------ the command
+def test_cli_graph_writes_our_json_tracer_json_and_figure(tmp_path):
+    import json
+
+    from interp.graphs.io import load_graph
+    from refusals import run_cli
+
+    out = tmp_path / "g" / "graph.json"
+    tracer = tmp_path / "g" / "tracer.json"
+    rc, stdout, err = run_cli(["graph", "--transcoders", "othello/plt", "--prompt",
+                               "f5 d6 c3 d3 c4 f4", "--out", out, "--validate", "2",
+                               "--tracer-json", tracer])
+    assert rc == 0, err
+    assert "replacement score" in stdout and "Pearson 1.0000" in stdout
+    doc = load_graph(out)
+    assert doc["model"] == "othello" and doc["token_labels"][1] == "f5"
+    kinds = {n["kind"] for n in doc["nodes"]}
+    assert {"feature", "token", "target"} <= kinds
+    ids = {n["id"] for n in doc["nodes"]}
+    assert all(e["source"] in ids and e["target"] in ids for e in doc["edges"])
+    assert doc["validation"][0]["mode"] == "direct" and doc["validation"][0]["pearson"] > 0.9999
+    assert out.with_suffix(".html").exists()
+    t = json.loads(tracer.read_text())
+    assert set(t) == {"metadata", "qParams", "nodes", "links"}
+    t_ids = {n["node_id"] for n in t["nodes"]}
+    assert all(link["source"] in t_ids and link["target"] in t_ids for link in t["links"])
+    # a second run replaces its own files; a file of another kind is never overwritten
+    rc, _, err = run_cli(["graph", "--transcoders", "othello/plt", "--prompt", "f5 d6",
+                          "--out", out])
+    assert rc == 0, err
+    other = tmp_path / "notes.json"
+    other.write_text('{"mine": 1}')
+    from refusals import refuse
+
+    refuse(["graph", "--transcoders", "othello/plt", "--prompt", "f5 d6", "--out", other],
+           "notes.json", watch=[other])
+
+
+def test_cli_graph_targets_and_refusals(tmp_path):
+    from refusals import refuse, run_cli
+
+    out = tmp_path / "t.json"
+    rc, stdout, err = run_cli(["graph", "--transcoders", "othello/clt", "--prompt",
+                               "f5 d6 c3 d3 c4", "--out", out, "--target", "attn:2.1:4:1",
+                               "--target", "logitdiff:f4,a1", "--target", "feature:3:4:10"])
+    assert rc == 0, err
+    assert "query side" in stdout and "key side" in stdout and "logit f4 - a1" in stdout
+    base = ["graph", "--transcoders", "othello/plt", "--prompt", "f5 d6 c3", "--out",
+            tmp_path / "x.json"]
+    refuse(base + ["--target", "attn:2:1:3"], "not one of")
+    refuse(base + ["--target", "logitdiff:f4,zz"], "not an Othello square")
+    refuse(base + ["--target", "attn:1.0:1:3"], "causal")
+    refuse(["graph", "--transcoders", "othello/plt", "--prompt", "f5 q9", "--out",
+            tmp_path / "x.json"], "not Othello squares")
+    refuse(["graph", "--transcoders", "othello/attn", "--prompt", "f5 d6", "--out",
+            tmp_path / "x.json"], "every MLP replaced")
+    refuse(["graph", "--transcoders", "othello/plt", "pycode/clt", "--prompt", "f5",
+            "--out", tmp_path / "x.json"], "different models")
+    refuse(base + ["--node-threshold", "1.5"], "node_threshold")
+    refuse(base + ["--target", "feature:3:1:1", "--tracer-json", tmp_path / "tr.json"],
+           "logit targets only")
+
+
+def test_pycode_graph_from_a_clt(tmp_path):
+    from interp.graphs.trace import trace
+
+    doc, graph = trace(None, ["pycode/clt"], "def area(width, height):\n    return (width",
+                       targets=["logits"], max_feature_nodes=500)
+    assert doc["model"] == "pycode" and graph.n_selected == 500
+    assert 0 < doc["scores"]["replacement"] <= 1
