@@ -330,3 +330,28 @@ def test_pycode_graph_from_a_clt(tmp_path):
                        targets=["logits"], max_feature_nodes=500)
     assert doc["model"] == "pycode" and graph.n_selected == 500
     assert 0 < doc["scores"]["replacement"] <= 1
+
+
+def test_graph_faithfulness_runs_the_circuit_code(othello):
+    """Each prompt's pruned graph as a circuit, measured by the circuit code: the full
+    model's metric is the task's own, whatever the ablation; the cap holds."""
+    from interp.circuits.tasks import make_task
+    from interp.graphs.faithful import circuit_nodes, graph_faithfulness
+
+    task = make_task("othello-legal", othello, n=2)
+    rep = open_replacement(["othello/plt"])
+    zero = graph_faithfulness(othello, rep, task, n_prompts=2, max_features=20,
+                              ablation="zero")
+    cf = graph_faithfulness(othello, rep, task, n_prompts=2, max_features=20,
+                            ablation="counterfactual")
+    assert zero["mean_features"] <= 20
+    logits = othello(task.clean[:2])[:, -1]
+    metric = logits.gather(1, task.answer[:2, None]) - logits.gather(1, task.wrong[:2, None])
+    for a, b, m in zip(zero["prompts"], cf["prompts"], metric[:, 0].tolist()):
+        assert a["m_full"] == pytest.approx(m, abs=1e-3) and b["m_full"] == pytest.approx(m,
+                                                                                          abs=1e-3)
+    assert all(isinstance(r["faithfulness_pooled"], float) for r in (zero, cf))
+    # the nodes handed to the circuit code sit at the hooks the transcoders write
+    graph = attribute(othello, rep, task.clean[0])
+    nodes = circuit_nodes(graph, prune(graph, 0.5, 0.9))
+    assert nodes and all(n.hook.endswith("hook_mlp_out") for n in nodes)
