@@ -355,3 +355,29 @@ def test_graph_faithfulness_runs_the_circuit_code(othello):
     graph = attribute(othello, rep, task.clean[0])
     nodes = circuit_nodes(graph, prune(graph, 0.5, 0.9))
     assert nodes and all(n.hook.endswith("hook_mlp_out") for n in nodes)
+
+
+def test_tracer_json_validates_with_circuit_tracers_own_models(tmp_path):
+    """circuit-tracer's frontend schema (its pydantic models) accepts our graph JSON, in
+    its own venv."""
+    import subprocess
+
+    from test_tracer_export import TRACER_PY, needs_tracer
+
+    if needs_tracer.args[0]:
+        pytest.skip(needs_tracer.kwargs["reason"])
+    from refusals import run_cli
+
+    path = tmp_path / "tracer.json"
+    rc, _, err = run_cli(["graph", "--transcoders", "othello/plt", "--prompt", "f5 d6 c3 d3",
+                          "--out", tmp_path / "g.json", "--tracer-json", path])
+    assert rc == 0, err
+    code = ("import json, sys\n"
+            "from circuit_tracer.frontend.graph_models import Model\n"
+            "m = Model.model_validate(json.load(open(sys.argv[1])))\n"
+            "print(len(m.nodes), len(m.links))\n")
+    r = subprocess.run([str(TRACER_PY), "-c", code, str(path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    n_nodes, n_links = map(int, r.stdout.split())
+    assert n_nodes > 10 and n_links > 10
