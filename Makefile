@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: venv browser demo app test test-fast clean train-othello train-pycode saes bench \
-	bench-transcoders tracer-venv tracer-venv-if-possible
+	bench-transcoders bench-graphs tracer-venv tracer-venv-if-possible
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ bench: $(BENCH_VENV)/.installed
 # transcoders (`--transcode`, `skip_connection`) and the bare encoder matmuls, same venv.
 bench-transcoders: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/transcoder_speed.py
+
+# Attribution graphs (benchmarks/graph_speed.py): ours (.venv) against circuit-tracer 0.5.0
+# (.venv-tracer, built here when it can be) on othello/plt and a 60-token game: time, peak
+# RSS, the two adjacency matrices compared; then --long: peak RSS and time on prompts of 128
+# to 2,048 tokens (a random model of pycode's shape). Exits 1 if the matrices disagree.
+bench-graphs: venv tracer-venv-if-possible
+	$(PY) benchmarks/graph_speed.py --long
 
 # circuit-tracer 0.5.0 (pins transformers<=4.57.3, which .venv's TransformerLens does not
 # take), in a venv of its own, to check our exports with circuit-tracer's own loader

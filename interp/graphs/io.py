@@ -137,52 +137,14 @@ def tracer_document(graph: AttributionGraph, pruned: Pruned, *, slug: str, scan:
                     node_threshold: float) -> dict:
     """circuit-tracer's frontend graph JSON (see the module docstring). Graphs with
     attention SAEs or targets other than logits have no form there and are refused."""
-    blocks = graph.nodes.blocks
-    if any(not b.name.startswith("mlp.") for b in blocks):
+    if any(not b.name.startswith("mlp.") for b in graph.nodes.blocks):
         raise DataError("circuit-tracer's graph JSON holds MLP transcoder features only; "
                         "this graph has attention-SAE features (write our JSON instead)")
     if any(t.kind != "logit" for t in graph.targets):
         raise DataError("circuit-tracer's graph JSON holds logit targets only; this graph "
                         "traces from " + ", ".join(sorted({t.kind for t in graph.targets})))
-    n_layers = graph.nodes.frozen.n_layers
-    n_pos = graph.nodes.n_pos
-    tokens = graph.nodes.tokens.tolist()
-    nodes: dict[int, dict] = {}
-    for i in pruned.node_mask.nonzero()[:, 0].tolist():
-        kind = graph.node_kind(i)
-        base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0,
-                "reverse_ctx_idx": 0, "clerp": "", "influence": float(pruned.cumulative[i]),
-                "activation": None}
-        if kind == "feature":
-            b, p, f = graph.feature_of(i)
-            layer = blocks[b].layer
-            nodes[i] = {**base, "node_id": f"{layer}_{f}_{p}", "feature": _cantor(layer, f),
-                        "layer": str(layer), "ctx_idx": p,
-                        "feature_type": "cross layer transcoder",
-                        "jsNodeId": f"{layer}_{f}-0",
-                        "activation": float(graph.nodes.activations[graph.selected[i]])}
-        elif kind == "error":
-            site, p = graph.error_of(i)
-            layer = int(site.split(".")[1])
-            nodes[i] = {**base, "node_id": f"0_{layer}_{p}", "feature": -1,
-                        "layer": str(layer), "ctx_idx": p,
-                        "feature_type": "mlp reconstruction error",
-                        "jsNodeId": f"{layer}_{p}-0"}
-        elif kind == "token":
-            p = i - graph.token_start
-            nodes[i] = {**base, "node_id": f"E_{tokens[p]}_{p}", "feature": p, "layer": "E",
-                        "ctx_idx": p, "feature_type": "embedding",
-                        "jsNodeId": f"E_{tokens[p]}-{p}"}
-        else:
-            k = i - graph.target_start
-            t = graph.targets[k]
-            tok, prob = t.info["token"], t.info["probability"]
-            label = t.label.removeprefix("logit ")
-            nodes[i] = {**base, "node_id": f"{n_layers + 1}_{tok}_{n_pos - 1}",
-                        "feature": tok, "layer": str(n_layers + 1), "ctx_idx": n_pos - 1,
-                        "feature_type": "logit", "token_prob": prob,
-                        "is_target_logit": k == 0, "jsNodeId": f"L_{tok}-{n_pos - 1}",
-                        "clerp": f'Output "{label}" (p={prob:.3f})', "influence": None}
+    nodes = {i: _tracer_node(graph, pruned, i)
+             for i in pruned.node_mask.nonzero()[:, 0].tolist()}
     dst, src = pruned.edge_mask.nonzero(as_tuple=True)
     links = [{"source": nodes[s]["node_id"], "target": nodes[d]["node_id"],
               "weight": float(graph.adjacency[d, s])}
@@ -199,8 +161,42 @@ def tracer_document(graph: AttributionGraph, pruned: Pruned, *, slug: str, scan:
             "nodes": used, "links": links}
 
 
+def _tracer_node(graph: AttributionGraph, pruned: Pruned, i: int) -> dict:
+    """Node ``i`` in circuit-tracer's frontend schema."""
+    n_layers, n_pos = graph.nodes.frozen.n_layers, graph.nodes.n_pos
+    tokens = graph.nodes.tokens.tolist()
+    kind = graph.node_kind(i)
+    base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
+            "clerp": "", "influence": float(pruned.cumulative[i]), "activation": None}
+    if kind == "feature":
+        b, p, f = graph.feature_of(i)
+        layer = graph.nodes.blocks[b].layer
+        return {**base, "node_id": f"{layer}_{f}_{p}", "feature": _cantor(layer, f),
+                "layer": str(layer), "ctx_idx": p, "feature_type": "cross layer transcoder",
+                "jsNodeId": f"{layer}_{f}-0",
+                "activation": float(graph.nodes.activations[graph.selected[i]])}
+    if kind == "error":
+        site, p = graph.error_of(i)
+        layer = int(site.split(".")[1])
+        return {**base, "node_id": f"0_{layer}_{p}", "feature": -1, "layer": str(layer),
+                "ctx_idx": p, "feature_type": "mlp reconstruction error",
+                "jsNodeId": f"{layer}_{p}-0"}
+    if kind == "token":
+        p = i - graph.token_start
+        return {**base, "node_id": f"E_{tokens[p]}_{p}", "feature": p, "layer": "E",
+                "ctx_idx": p, "feature_type": "embedding", "jsNodeId": f"E_{tokens[p]}-{p}"}
+    k = i - graph.target_start
+    t = graph.targets[k]
+    tok, prob = t.info["token"], t.info["probability"]
+    label = t.label.removeprefix("logit ")
+    return {**base, "node_id": f"{n_layers + 1}_{tok}_{n_pos - 1}", "feature": tok,
+            "layer": str(n_layers + 1), "ctx_idx": n_pos - 1, "feature_type": "logit",
+            "token_prob": prob, "is_target_logit": k == 0, "jsNodeId": f"L_{tok}-{n_pos - 1}",
+            "clerp": f'Output "{label}" (p={prob:.3f})', "influence": None}
+
+
 # ------------------------------------------------------------------ figure
-def figure(doc: dict, max_edges: int = 3000) -> go.Figure:
+def figure(doc: dict, max_edges: int = 800) -> go.Figure:
     """The pruned graph on a grid: x = position (token labels), y = layer (tokens at the
     bottom, targets at the top); size by influence, colour by kind; the strongest edges."""
     nodes = doc["nodes"]

@@ -25,6 +25,9 @@ Sites (the names ``backward`` takes and returns):
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import torch
 
 from interp.errors import DataError
@@ -78,6 +81,21 @@ def check_architecture(model) -> None:
                             f"Mistral and the embedded models)")
 
 
+class Reads(NamedTuple):
+    """Directions read at one site by some rows of a batch: row ``rows[i]`` reads
+    ``vecs[i]`` at position ``pos[i]`` (a row may read several, at several sites)."""
+
+    rows: torch.Tensor   # (n,) long
+    pos: torch.Tensor    # (n,) long
+    vecs: torch.Tensor   # (n, d_site)
+
+    @staticmethod
+    def cat(parts: list["Reads"]) -> "Reads":
+        if len(parts) == 1:
+            return parts[0]
+        return Reads(*(torch.cat([getattr(p, f) for p in parts]) for f in Reads._fields))
+
+
 class _Norm:
     """A frozen LayerNorm/RMSNorm: its scale per position and weight."""
 
@@ -87,29 +105,78 @@ class _Norm:
         self.w = getattr(module, "w", None)      # (d,), None for the Pre variants
         self.w = None if self.w is None else self.w.detach()
 
-    def back_from_normalized(self, g: torch.Tensor) -> torch.Tensor:
-        """Transpose of ``x -> centre(x) / s`` (to hook_normalized)."""
+    def back_from_normalized(self, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Transpose of ``x -> centre(x) / s`` (to hook_normalized) on vectors ``v`` (n, d)
+        at positions ``pos`` (n,)."""
         if self.scale is None:
-            return g
-        g = g / self.scale[: g.shape[1]]
-        return g - g.mean(-1, keepdim=True) if self.centre else g
+            return v
+        v = v / self.scale[pos]
+        return v - v.mean(-1, keepdim=True) if self.centre else v
 
-    def back_from_output(self, g: torch.Tensor) -> torch.Tensor:
+    def back_from_output(self, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Transpose of ``x -> centre(x) / s * w + b`` (to the module's output)."""
-        return self.back_from_normalized(g if self.w is None else g * self.w)
+        return self.back_from_normalized(v if self.w is None else v * self.w, pos)
+
+    def centre_right(self, m: torch.Tensor) -> torch.Tensor:
+        """``m`` (..., d) times the centring (symmetric, on the last axis): ``g @
+        centre_right(m)`` is ``back_from_normalized(g @ m)`` up to the division by the
+        position's scale."""
+        return m - m.mean(-1, keepdim=True) if self.scale is not None and self.centre else m
+
+    def fold_right(self, m: torch.Tensor) -> torch.Tensor:
+        """The same for ``back_from_output`` (``* w``, then centring)."""
+        return self.centre_right(m if self.w is None else m * self.w)
+
+    def inverse_scale(self, t: int) -> torch.Tensor | None:
+        """(t, 1, 1): one over each position's scale, None without normalisation."""
+        return None if self.scale is None else (1 / self.scale[:t])[:, :, None]
+
+
+CAUSAL_MIN = 256   # _causal_mm splits products of at least this many positions
+
+
+def _causal_mm(mix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mix @ x`` for ``mix`` (t, t) zero below the diagonal (a causal pattern,
+    transposed): row k only needs x's rows k..t-1, so a block of rows starting at k0 is
+    one product with ``x[k0:]`` (blocks of t / 8 rows: about 30% less time than the dense
+    product on long prompts). The zeros skipped are exact (masked scores give exactly zero
+    probability)."""
+    t = mix.shape[0]
+    if t < CAUSAL_MIN:
+        return mix @ x
+    out = torch.empty(t, x.shape[1], dtype=x.dtype, device=x.device)
+    step = max(64, t // 8)
+    for k0 in range(0, t, step):
+        k1 = min(k0 + step, t)
+        torch.mm(mix[k0:k1, k0:], x[k0:], out=out[k0:k1])
+    return out
+
+
+def _scatter_add(g: torch.Tensor, reads: Reads, vecs: torch.Tensor) -> None:
+    """g[pos, row] += vecs (g: (T, B, d)), in place; repeated (pos, row) pairs add up."""
+    g.index_put_((reads.pos, reads.rows), vecs, accumulate=True)
 
 
 class FrozenTransformer:
     """A TransformerLens model frozen on one prompt (see the module docstring).
 
     ``cache`` holds the prompt's ``hook_pattern`` and ``hook_scale`` values, batch 1, as
-    ``run_with_cache`` returns them; ``FrozenTransformer.cache_names`` says which."""
+    ``run_with_cache`` returns them; ``FrozenTransformer.cache_names`` says which.
+
+    Gradients are held position-major, (T, B, d): each head's value and output
+    projections are then one GEMM over (T*B, d) and its pattern one (T, T) @ (T, B*dh)
+    product, with no permuted copy. LN1's transpose (``* w``, centring, ``/ s`` per
+    position) is folded into them: into the value side ``M_h = W_V,h^T diag(w) C`` and
+    into the pattern ``mix_h[k, q] = P_h[q, k] / s[k]``, so it costs no pass over the
+    gradient."""
 
     def __init__(self, model, cache):
         check_architecture(model)
         self.model = model
         cfg = model.cfg
         self.n_layers, self.parallel = cfg.n_layers, cfg.parallel_attn_mlp
+        self.d_model = cfg.d_model
+        self.causal = cfg.attention_dir == "causal"
         kind = cfg.normalization_type
 
         def norm(module, name):
@@ -123,6 +190,7 @@ class FrozenTransformer:
         # W_V (H, d, dh) and W_O (H, dh, d), grouped-query heads expanded
         self.W_V = [b.attn.W_V.detach() for b in model.blocks]
         self.W_O = [b.attn.W_O.detach() for b in model.blocks]
+        self._folded: dict[int, tuple] = {}
 
     @staticmethod
     def cache_names(model) -> list[str]:
@@ -132,22 +200,36 @@ class FrozenTransformer:
                       f"blocks.{i}.attn.hook_pattern"]
         return [n for n in names if n in model.hook_dict]
 
-    def _attention_back(self, layer: int, g_z: torch.Tensor) -> torch.Tensor:
-        """Transpose of ``attention input (after LN1) -> hook_z``: g_z (B, T, H, dh) to
-        (B, T, d). Per head, g_v = P^T g_z: one (T, T) @ (T, B*dh) product per head."""
-        b, t, h, dh = g_z.shape
-        p = self.patterns[layer][:, :t, :t]                          # (H, Tq, Tk)
-        g_zh = g_z.permute(2, 1, 0, 3).reshape(h, t, b * dh)         # (H, Tq, B*dh)
-        g_v = torch.bmm(p.transpose(1, 2), g_zh).reshape(h, t, b, dh)
-        return torch.einsum("htbe,hde->btd", g_v, self.W_V[layer])
+    def folded(self, layer: int) -> tuple[torch.Tensor, ...]:
+        """(W_O^T (H, d, dh), mix (H, T, T), M (H, dh, d), W_O^T with heads flattened
+        (d, H * dh)) of ``layer`` (see the class docstring), computed once."""
+        if layer not in self._folded:
+            ln1 = self.ln1[layer]
+            mix = self.patterns[layer].transpose(1, 2)                  # [h, k, q]
+            if ln1.scale is not None:
+                mix = mix / ln1.scale[None]                             # / s[k]
+            m = ln1.fold_right(self.W_V[layer].transpose(1, 2))         # (H, dh, d)
+            w_ot = self.W_O[layer].transpose(1, 2).contiguous()
+            self._folded[layer] = (w_ot, mix.contiguous(), m.contiguous(),
+                                   w_ot.transpose(0, 1).reshape(self.d_model, -1))
+        return self._folded[layer]
 
-    def backward(self, reads: dict[str, torch.Tensor], writes: set[str],
+    def backward(self, reads: dict[str, Reads], b: int, t: int, writes: set[str],
                  skips: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``backward_iter``'s gradients as one dict."""
+        return dict(self.backward_iter(reads, b, t, writes, skips))
+
+    def backward_iter(self, reads: dict[str, Reads], b: int, t: int, writes: set[str],
+                      skips: dict[int, torch.Tensor] | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
         """Transpose of the frozen map from the sites in ``writes`` (plus ``hook_embed``) to
-        the reads: ``reads[site]`` is a (B, T', d_site) batch of directions at that read
-        (T' <= T: later positions cannot affect earlier ones, so they are left out). Returns
-        the (B, T', d_site) gradient at each write site, ``hook_embed`` included; a site
-        above the highest read is left out (its gradient is zero).
+        the reads, for a batch of ``b`` rows: ``reads[site]`` says which row reads which
+        direction at which position (all positions < t: later positions cannot affect
+        earlier ones, so they are left out). Yields (site, (t, b, d_site) gradient) for
+        each write site, from the top layer down, ``hook_embed`` last; a site above the
+        highest read (or at it, when nothing there can reach it) is left out: its gradient
+        is zero. A gradient is not changed after it is yielded; the consumer may drop it
+        (a long prompt then holds a few (t, b, d) tensors, not one per site).
 
         Every ``blocks.L.hook_mlp_out`` must be in ``writes`` (an MLP left in place is not
         linear); a ``blocks.L.attn.hook_z`` in ``writes`` is replaced (its gradient stops
@@ -158,50 +240,112 @@ class FrozenTransformer:
         if missing:
             raise DataError(f"an attribution graph needs every MLP replaced by a transcoder; "
                             f"not replaced: {', '.join(missing)}")
-        some = next(iter(reads.values()))
-        b, t = some.shape[:2]
-        g = torch.zeros(b, t, self.model.cfg.d_model, dtype=some.dtype, device=some.device)
+        some = next(iter(reads.values())).vecs
+        shape, like = (t, b, self.d_model), {"dtype": some.dtype, "device": some.device}
+        # g: the gradient at resid_post of the current layer; None while it is zero.
+        # ``owned``: g is no output (it may be changed in place)
+        g: torch.Tensor | None = None
+        owned = True
         top = self.n_layers - 1
         if UNEMBED_INPUT in reads:
-            g = g + self.ln_final.back_from_output(reads[UNEMBED_INPUT])
+            r = reads[UNEMBED_INPUT]
+            g = torch.zeros(shape, **like)
+            _scatter_add(g, r, self.ln_final.back_from_output(r.vecs, r.pos))
         else:  # nothing above the highest read: the gradient there is zero, not computed
             top = max(_layer(site) for site in reads)
         out: dict[str, torch.Tensor] = {}
         for layer in reversed(range(top + 1)):
-            # g: d/d resid_post of this layer
-            out[mlp_write(layer)] = g
-            g_mlp_in = reads.get(mlp_read(layer))
-            if layer in skips:
-                via_skip = g @ skips[layer].T
-                g_mlp_in = via_skip if g_mlp_in is None else g_mlp_in + via_skip
-            g_from_mlp = (None if g_mlp_in is None
-                          else self.ln2[layer].back_from_normalized(g_mlp_in))
-            if g_from_mlp is not None and not self.parallel:
-                g = g + g_from_mlp                                   # d/d resid_mid
-            g_attn_in = self._attention_to_input(layer, g, reads, writes, out)
-            g = g + self.ln1[layer].back_from_output(g_attn_in) if g_attn_in is not None else g
-            if g_from_mlp is not None and self.parallel:
-                g = g + g_from_mlp                                   # both read resid_pre
-        out["hook_embed"] = g
-        return out
+            if g is not None:
+                yield mlp_write(layer), g
+                owned = False
+            skip = None
+            if layer in skips and g is not None:   # centre(g W_skip^T) / s, less the / s
+                s_t = self.ln2[layer].centre_right(skips[layer].T)
+                skip = (g.reshape(-1, self.d_model) @ s_t).view(shape)
+            if self.parallel:   # attention and MLP both read resid_pre
+                g_next, owned_next = self._attention_back(layer, g, owned, reads, writes,
+                                                          out, t, b)
+                g, owned = self._mlp_back(layer, g_next, owned_next, skip, reads, shape)
+            else:               # the MLP reads resid_mid, the attention resid_pre
+                g, owned = self._mlp_back(layer, g, owned, skip, reads, shape, sparse_ok=True)
+                g, owned = self._attention_back(layer, g, owned, reads, writes, out, t, b)
+            yield from out.items()   # a replaced hook_z's
+            out.clear()
+        yield "hook_embed", g if g is not None else torch.zeros(shape, **like)
 
-    def _attention_to_input(self, layer: int, g_out: torch.Tensor, reads: dict, writes: set,
-                            out: dict) -> torch.Tensor | None:
-        """The gradient at the attention's input (after LN1) from ``g_out`` at its output,
-        from directions read at its ``hook_z`` and at its input; records the gradient at a
+    def _mlp_back(self, layer: int, g, owned: bool, skip, reads: dict, shape,
+                  sparse_ok: bool = False) -> tuple[torch.Tensor | Reads | None, bool]:
+        """g plus what the MLP's input (its transcoder's read and skip term) passes back;
+        with ``sparse_ok``, where g is zero, the reads alone, as ``Reads`` (at the highest
+        read layer: the attention below then needs no dense product of them)."""
+        ln2 = self.ln2[layer]
+        if skip is not None:
+            inv = ln2.inverse_scale(shape[0])
+            g = g + skip if inv is None else torch.addcmul(g, skip, inv)
+            owned = True
+        r = reads.get(mlp_read(layer))
+        if r is not None:
+            if g is None and sparse_ok:
+                return Reads(r.rows, r.pos, ln2.back_from_normalized(r.vecs, r.pos)), True
+            if g is None:
+                g, owned = torch.zeros(shape, dtype=r.vecs.dtype, device=r.vecs.device), True
+            elif not owned:
+                g, owned = g.clone(), True
+            _scatter_add(g, r, ln2.back_from_normalized(r.vecs, r.pos))
+        return g, owned
+
+    def _attention_back(self, layer: int, g, owned: bool, reads: dict, writes: set,
+                        out: dict, t: int, b: int) -> tuple[torch.Tensor | None, bool]:
+        """g (at the attention's output: (t, b, d), ``Reads`` where it is sparse, or None:
+        zero) plus what the attention passes back to its input through LN1, with the
+        directions read at its ``hook_z`` and at its input; records the gradient at a
         replaced ``hook_z``."""
-        w_o = self.W_O[layer]                                        # (H, dh, d)
-        h, dh = w_o.shape[:2]
-        g_z = torch.einsum("btd,hed->bthe", g_out, w_o)              # (B, T, H, dh)
+        w_ot, mix, m, w_o_flat = self.folded(layer)
+        h, dh = w_ot.shape[0], w_ot.shape[2]
+        d = self.d_model
         z = z_site(layer)
-        read_z = reads[z].reshape(g_z.shape) if z in reads else None
-        if z in writes:  # replaced: only what reads hook_z itself goes on through it
-            out[z] = g_z.reshape(*g_z.shape[:2], h * dh)
-            g_z = read_z
-        elif read_z is not None:
-            g_z = g_z + read_z
-        g_in = None if g_z is None else self._attention_back(layer, g_z)
+        replaced = z in writes
+        sparse = g if isinstance(g, Reads) else None
+        g2 = g.reshape(t * b, d) if isinstance(g, torch.Tensor) else None
+        if replaced and g2 is not None:   # replaced: record; only hook_z's reads go on
+            out[z] = (g2 @ w_o_flat).view(t, b, h * dh)
+        elif replaced and sparse is not None:
+            out[z] = sparse.vecs.new_zeros(t, b, h * dh)
+            _scatter_add(out[z], sparse, sparse.vecs @ w_o_flat)
+        # what reaches hook_z: densely from g, sparsely from sparse g and hook_z's reads
+        dense_z = None if replaced else g2
+        sparse_z = [reads[z]] if z in reads else []
+        if sparse is not None and not replaced:
+            sparse_z.append(Reads(sparse.rows, sparse.pos, sparse.vecs @ w_o_flat))
+        sz = Reads.cat(sparse_z) if sparse_z else None
+        acc = None
+        for head in range(h):
+            part = None if sz is None else sz.vecs.reshape(-1, h, dh)[:, head]   # (n, dh)
+            if dense_z is not None:
+                gz = (dense_z @ w_ot[head]).view(t, b, dh)
+                if sz is not None:
+                    _scatter_add(gz, sz, part)
+                gv = (_causal_mm(mix[head, :t, :t], gz.view(t, b * dh)) if self.causal
+                      else mix[head, :t, :t] @ gz.view(t, b * dh)).view(t * b, dh)
+            elif sz is not None:   # a few (row, position) vectors: outer products
+                gv = part.new_zeros(t, b, dh)
+                gv.index_add_(1, sz.rows, mix[head, :t][:, sz.pos].unsqueeze(-1) * part)
+                gv = gv.view(t * b, dh)
+            else:
+                break
+            if acc is None:
+                acc = torch.addmm(g2, gv, m[head]) if g2 is not None else gv @ m[head]
+            else:
+                acc.addmm_(gv, m[head])
         direct = reads.get(attn_input(layer))
+        if acc is None:
+            if direct is None and sparse is None:
+                return g, owned
+            acc = g2.clone() if g2 is not None else m.new_zeros(t * b, d)
+        acc = acc.view(t, b, d)
+        if sparse is not None:   # the residual stream passes it on
+            _scatter_add(acc, sparse, sparse.vecs)
         if direct is not None:
-            g_in = direct if g_in is None else g_in + direct
-        return g_in
+            _scatter_add(acc, direct, self.ln1[layer].back_from_output(direct.vecs,
+                                                                        direct.pos))
+        return acc, True

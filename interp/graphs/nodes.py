@@ -215,15 +215,24 @@ def feature_activations(model, blocks: list[Block], tokens: torch.Tensor,
     reads = {blocks[b].read for b in wanted}
     n, t = tokens.shape
     out = torch.zeros(n, t, len(features))
+    if not wanted:
+        return out
+    top = max(blocks[b].layer for b in wanted)   # no layer above the highest read is run
     for start in range(0, n, batch_size):
         batch = tokens[start:start + batch_size]
-        _, cache = model.run_with_cache(batch.to(model.cfg.device),
+        _, cache = model.run_with_cache(batch.to(model.cfg.device), stop_at_layer=top + 1,
                                         names_filter=lambda h: h in reads)
         for b, cols in wanted.items():
             enc = blocks[b].encoder
             x_in = flat_units(cache[blocks[b].read], enc.cfg.d_in).float()
-            codes = enc(x_in.reshape(-1, enc.cfg.d_in)).dense().reshape(len(batch), t, -1)
+            codes = enc.inference_codes(x_in.reshape(-1, enc.cfg.d_in))
+            lats = torch.tensor([lat for _, lat in cols])
+            if codes.acts is not None:
+                picked = codes.acts[:, lats]
+            else:   # k kept per row: each wanted latent's value where it was kept
+                hit = codes.indices[:, :, None] == lats
+                picked = (codes.values[:, :, None] * hit).sum(1)
             col_idx = torch.tensor([c for c, _ in cols])
-            out[start:start + len(batch), :, col_idx] = codes[..., [lat for _, lat in cols]]
+            out[start:start + len(batch), :, col_idx] = picked.reshape(len(batch), t, -1)
     out[:, 0] = 0
     return out

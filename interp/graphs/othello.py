@@ -7,7 +7,8 @@ move (``OthelloGames.board_state``). Per square, six indicators (``SQUARE_STATES
 mine, theirs (the player to move's view), legal (for the player to move), flipped (by move
 p-1) and played (move p-1's square). A feature's profile is the Pearson correlation of its
 activation with each indicator over every position that holds a real move (N games x up to
-60 positions), and its mean activation where the indicator holds; it is named by its
+60 positions), and how often the indicator holds where the feature fires (weighted by its
+activation: ``sum(a * y) / sum(a)``, against the indicator's base rate); it is named by its
 strongest square-state, e.g. "c4 theirs" (or "c4 not empty" for a negative correlation).
 """
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.data.othello import MAX_MOVES, MINE, THEIRS, EMPTY, OthelloGames, square_name
+from interp.data.othello import (EMPTY, MAX_MOVES, MINE, THEIRS, OthelloGames, parse_square,
+                                 square_name)
+from interp.errors import DataError
 
 SQUARE_STATES = ("empty", "mine", "theirs", "legal", "flipped", "played")
 
@@ -46,7 +49,8 @@ class BoardProfile:
 
     features: list[str]       # a label per feature (F)
     corr: torch.Tensor        # (F, 6, 64) Pearson correlation with each indicator
-    mean_on: torch.Tensor     # (F, 6, 64) mean activation where the indicator holds
+    when_on: torch.Tensor     # (F, 6, 64) the indicator's activation-weighted mean
+    base_rate: torch.Tensor   # (6, 64) the indicator's mean over every position
     frequency: torch.Tensor   # (F,) the fraction of positions where the feature is active
     n_positions: int
 
@@ -63,6 +67,18 @@ class BoardProfile:
             out.append((f"{square_name(sq)} {'' if v >= 0 else 'not '}{SQUARE_STATES[s]}", v))
         return out
 
+    def table(self, f: int, k: int = 3, positive: bool = True) -> list[dict]:
+        """Feature ``f``'s ``k`` strongest square-states as rows: the correlation, how often
+        the state holds where the feature fires (activation-weighted) and its base rate."""
+        rows = []
+        for label, v in self.top(f, k, positive):
+            sq, _, state = label.partition(" ")
+            state = state.removeprefix("not ")
+            s, q = SQUARE_STATES.index(state), parse_square(sq)
+            rows.append({"square-state": label, "corr": v, "when active": float(
+                self.when_on[f, s, q]), "base rate": float(self.base_rate[s, q])})
+        return rows
+
     def name(self, f: int) -> str:
         """The strongest square-state of feature ``f`` with its correlation."""
         label, v = self.top(f, 1)[0]
@@ -77,11 +93,12 @@ class BoardProfile:
 def board_profile(acts: torch.Tensor, games: OthelloGames,
                   features: list[str] | None = None) -> BoardProfile:
     """The board profile of features whose activations on ``games.tokens()`` are ``acts``
-    (N, T, F) on the first T <= 61 positions, e.g. from ``interp.graphs.nodes.feature_activations``."""
+    (N, T, F) on the first T <= 61 positions (e.g. from
+    ``interp.graphs.nodes.feature_activations``)."""
     labels, valid = square_state_labels(games)
     n, t = acts.shape[:2]
     if n != valid.shape[0] or t > valid.shape[1]:
-        raise ValueError(f"activations of shape {tuple(acts.shape)} do not match the games' "
+        raise DataError(f"activations of shape {tuple(acts.shape)} do not match the games' "
                          f"tokens {valid.shape} (N games, T <= 61 positions with BOS first, "
                          f"F features)")
     labels, valid = labels[:, :t], valid[:, :t]
@@ -91,13 +108,12 @@ def board_profile(acts: torch.Tensor, games: OthelloGames,
     xc, yc = x - x.mean(0), y - y.mean(0)
     den = xc.norm(dim=0)[:, None] * yc.norm(dim=0)[None, :]
     corr = torch.where(den > 0, xc.T @ yc / den.clamp(min=1e-30), torch.zeros_like(den))
-    count = y.sum(0)
-    mean_on = (x.T @ y) / count.clamp(min=1)
-    f = acts.shape[-1]
+    when_on = (x.T @ y) / x.sum(0)[:, None].clamp(min=1e-30)
+    f, shape = acts.shape[-1], (len(SQUARE_STATES), 64)
     return BoardProfile(features or [str(i) for i in range(f)],
-                        corr.reshape(f, len(SQUARE_STATES), 64).float(),
-                        mean_on.reshape(f, len(SQUARE_STATES), 64).float(),
-                        (x > 0).double().mean(0).float(), int(x.shape[0]))
+                        corr.reshape(f, *shape).float(), when_on.reshape(f, *shape).float(),
+                        y.mean(0).reshape(shape).float(), (x > 0).double().mean(0).float(),
+                        int(x.shape[0]))
 
 
 def profile_features(model, blocks, games: OthelloGames, features: list[tuple[str, int]],
