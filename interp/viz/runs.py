@@ -209,7 +209,8 @@ def list_saes(run: str | Path | None, model: str | None = None) -> list[SAEInfo]
 
 def fvu_l0_figure(infos: list[SAEInfo], title: str = "FVU vs L0 across SAEs") -> go.Figure:
     """Reconstruction error against sparsity, one marker per SAE (log L0), grouped by hook
-    and by where it comes from (run / shipped)."""
+    and by where it comes from (run / shipped). Names and architectures are in the hover,
+    not printed beside the markers: a dozen SAEs at similar L0 made the labels overlap."""
     fig = go.Figure()
     groups: dict[tuple, list[SAEInfo]] = {}
     for i in infos:
@@ -217,11 +218,13 @@ def fvu_l0_figure(infos: list[SAEInfo], title: str = "FVU vs L0 across SAEs") ->
             groups.setdefault((i.source, hooks_text(i.hook, i.hook_out)), []).append(i)
     for (source, hook), items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         fig.add_trace(go.Scatter(
-            x=[i.l0 for i in items], y=[i.fvu for i in items], mode="markers+text",
-            text=[i.arch or i.name for i in items], textposition="top center",
-            name=f"{hook} ({source})", customdata=[i.name for i in items],
-            marker=dict(size=11, symbol="circle" if source == "shipped" else "diamond"),
-            hovertemplate="%{customdata}<br>L0 %{x:.1f}<br>FVU %{y:.3f}<extra></extra>"))
+            x=[i.l0 for i in items], y=[i.fvu for i in items], mode="markers",
+            name=f"{hook} ({source})",
+            customdata=[[i.name, i.arch or "?"] for i in items],
+            marker=dict(size=11, symbol="circle" if source == "shipped" else "diamond",
+                        line=dict(width=1, color="white")),
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<br>L0 %{x:.1f}<br>"
+                          "FVU %{y:.3f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="L0 (active latents per token)",
                       yaxis_title="FVU (fraction of variance unexplained)", xaxis_type="log",
                       height=420, margin=dict(l=60, r=20, t=60, b=50))
