@@ -1,6 +1,7 @@
 """What the app's pages share: the run folder, cached loaders (models, SAEs, stores: one per
 process with ``st.cache_resource``; query results with ``st.cache_data``), links between
-pages, and the feature view (the Features page shows it whole, other pages compactly).
+pages, and the entry to the feature view (``app_feature``: the Features page shows it whole,
+other pages compactly).
 
 Everything here reads: the app never trains or harvests. The logic lives in the library
 (``interp.viz``, ``interp.features``, ...); this module only wires it to Streamlit.
@@ -23,6 +24,7 @@ PAGES = {
     "activations": ("app_pages/activations.py", "Activations", ":material/table_rows:"),
     "features": ("app_pages/features.py", "Features", ":material/search:"),
     "circuits": ("app_pages/circuits.py", "Circuits", ":material/hub:"),
+    "graphs": ("app_pages/graphs.py", "Graphs", ":material/account_tree:"),
     "probes": ("app_pages/probes.py", "Probes", ":material/target:"),
     "ablations": ("app_pages/ablations.py", "Ablations", ":material/content_cut:"),
 }
@@ -224,64 +226,14 @@ def show_transcoder_hooks(meta: dict) -> None:
 
 def render_feature(info, latent: int, compact: bool = False, model_name: str | None = None
                    ) -> None:
-    """A feature page (Neuronpedia-like): density, histogram, logit effects, top contexts
-    with per-token highlighting, interval samples, the tokens it fires on, and (on request)
-    the ground-truth labels it follows. ``compact``: numbers and top contexts only."""
-    from interp.viz.features import example_html, feature_histogram, logit_effects_figure
+    """A feature page (Neuronpedia-like; ``app_feature.render_feature``): density,
+    histogram, logit effects, top examples drawn for the model (Othello boards, Python
+    code, token chips), interval samples, the board profile, similar decoder directions,
+    correlated neurons, the loss change on ablation, activations on a typed prompt and the
+    ground-truth labels it follows. ``compact``: numbers and top examples only."""
+    from app_feature import render_feature as render
 
-    path = str(info.feature_store)
-    try:
-        page = feature_page(path, int(latent))
-    except InterpError as e:
-        show_error(e)
-        return
-    fs = feature_store(path)
-    model_name = model_name or fs.meta.get("model")
-    sep = " " if model_name == "othello" else ""
-    show_transcoder_hooks(fs.meta)
-    c = st.columns(5)
-    c[0].metric("latent", f"{page['latent']}")
-    c[1].metric("density", f"{page['density']:.3g}")
-    c[2].metric("fires on", f"{page['count']:,} tok")
-    c[3].metric("mean when firing", f"{page['mean_act'] or 0:.3g}")
-    c[4].metric("max", f"{page['max_act'] or 0:.3g}")
-    if page["count"] == 0:
-        st.info(f"Latent {latent} never fired on the {fs.meta['n_tokens']:,} tokens of this "
-                f"feature store (dead here).")
-        return
-    n_top = 5 if compact else len(page["top_examples"])
-    st.markdown("**Top activations**")
-    lines = [f"<div style='margin:2px 0'><span style='display:inline-block;width:5em'>"
-             f"{e['value']:.3f}</span>{example_html(e, page['max_act'], sep)}</div>"
-             for e in page["top_examples"][:n_top]]
-    st.markdown("\n".join(lines), unsafe_allow_html=True)
-    if compact:
-        return
-    left, right = st.columns(2)
-    left.plotly_chart(feature_histogram(page), width="stretch")
-    right.plotly_chart(logit_effects_figure(page), width="stretch")
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Tokens it fires on most**")
-        st.dataframe([{"token": repr(t["token"]), "count": t["count"],
-                       "mean act": round(t["mean_act"], 4)} for t in page["top_tokens"]],
-                     hide_index=True, width="stretch", height=240)
-    with right:
-        if page["logits"]:
-            st.markdown("**Logit effects** (boosted / suppressed)")
-            rows = [{"boosted": repr(b["token"]), "+": round(b["value"], 3),
-                     "suppressed": repr(s["token"]), "-": round(s["value"], 3)}
-                    for b, s in zip(page["logits"]["boosted"], page["logits"]["suppressed"])]
-            st.dataframe(rows, hide_index=True, width="stretch", height=240)
-    st.markdown("**Samples from each interval of the max activation**")
-    for q in page["quantiles"]:
-        with st.expander(f"{q['lo']:.3g} .. {q['hi']:.3g} ({len(q['examples'])} samples)",
-                         expanded=q is page["quantiles"][0]):
-            st.markdown("\n".join(
-                f"<div style='margin:2px 0'><span style='display:inline-block;width:5em'>"
-                f"{e['value']:.3f}</span>{example_html(e, page['max_act'], sep)}</div>"
-                for e in q["examples"]), unsafe_allow_html=True)
-    render_labels(info, latent, model_name)
+    render(info, latent, compact, model_name)
 
 
 def render_labels(info, latent: int, model_name: str | None) -> None:

@@ -1,5 +1,6 @@
-"""Ablations: type a prompt, ablate (zero / mean) or steer (alpha / clamp) SAE latents, and
-see the next-token distribution and the metrics change. Deep link:
+"""Ablations: type a prompt (othello: or click its moves on a board), ablate (zero / mean)
+or steer (alpha / clamp) SAE latents, and see the next-token distribution and the metrics
+change. Deep link:
 ``?page=ablations&sae=NAME&latents=12,40``."""
 from dataclasses import asdict
 
@@ -72,9 +73,15 @@ if "ablate_sae" not in st.session_state:
     st.session_state["ablate_sae"] = want if want in names else C.default_sae(infos)
 chosen = st.selectbox("SAE", names, key="ablate_sae")
 info = next(i for i in infos if i.name == chosen)
-st.session_state.setdefault("ablate_prompt", default_prompt(model_name))
-text = st.text_area("prompt" + (" (moves as squares, e.g. f5 d6 c3)" if model_name == "othello"
-                                else ""), key="ablate_prompt", height=90)
+if model_name == "othello":  # a board: click legal moves, or type squares in its text box
+    from app_board import board_prompt
+
+    text, _ = board_prompt("ablate_prompt", default=default_prompt(model_name),
+                           label="prompt (moves as squares, e.g. f5 d6 c3; or click a legal "
+                                 "move on the board)")
+else:
+    st.session_state.setdefault("ablate_prompt", default_prompt(model_name))
+    text = st.text_area("prompt", key="ablate_prompt", height=90)
 try:
     tokens = tuple(prompt_tokens(model_name, m, text)[0].tolist())
 except InterpError as e:

@@ -1,5 +1,6 @@
 """Circuits: discover a circuit on a built-in task (inference and gradients only) or load a
-saved one; prune it with sliders; pick a node (in the graph or the selector) to open its
+saved one; prune it with sliders; the circuit on the graph view's grid (x = position,
+y = hook); pick a node (click it in the graph, or the selector) to see its edges and open its
 feature page; the faithfulness curve."""
 import json
 
@@ -107,22 +108,37 @@ edge_t = c[1].slider("edge threshold |effect|", 0.0, float(top_e) or 1.0, 0.0,
 pruned = prune(g, node_threshold=node_t, edge_threshold=edge_t)
 st.caption(f"after pruning: {pruned.number_of_nodes() - 1} nodes, {pruned.number_of_edges()} "
            f"edges (only what still reaches the metric). Click a node to open it.")
-event = st.plotly_chart(circuit_figure(pruned, g.graph.get("task") or "circuit"), width="stretch",
-                        on_select="rerun", selection_mode="points", key="circuit_plot")
 
 choices = node_choices(pruned)
-clicked = [p.get("customdata") for p in (event.selection.points if event else [])
-           if p.get("customdata") in choices]
-if clicked and clicked[0] != st.session_state.get("_circuit_clicked"):
-    st.session_state["circuit_node"] = clicked[0]
-    st.session_state["_circuit_clicked"] = clicked[0]
+st.session_state["_circuit_choices"] = choices
 if choices and st.session_state.get("circuit_node") not in choices:
     st.session_state["circuit_node"] = choices[0]
+
+
+def on_click() -> None:
+    """A click on a latent node selects it (before the page runs, so the figure rings it)."""
+    event = st.session_state.get("circuit_plot")
+    points = event["selection"]["points"] if event else []
+    keys = [p.get("customdata") for p in points]
+    if keys and keys[0] in st.session_state.get("_circuit_choices", []):
+        st.session_state["circuit_node"] = keys[0]
+
+
+st.plotly_chart(circuit_figure(pruned, g.graph.get("task") or "circuit",
+                               selected=st.session_state.get("circuit_node")),
+                width="stretch", on_select=on_click, selection_mode="points", key="circuit_plot")
 left, right = st.columns([3, 2])
 with left:
     if choices:
         node = st.selectbox("node", choices, key="circuit_node",
                             format_func=lambda n: node_label(pruned, n))
+        edges_in = sorted(pruned.in_edges(node, data="effect"), key=lambda e: -abs(e[2]))
+        edges_out = sorted(pruned.out_edges(node, data="effect"), key=lambda e: -abs(e[2]))
+        with st.expander(f"its edges: {len(edges_in)} in, {len(edges_out)} out"):
+            st.dataframe([{"edge": f"from {node_label(pruned, u)}", "effect": round(w, 4)}
+                          for u, _, w in edges_in[:50]]
+                         + [{"edge": f"to {node_label(pruned, v)}", "effect": round(w, 4)}
+                            for _, v, w in edges_out[:50]], hide_index=True, width="stretch")
         hook, latent = node_latent(pruned, node)
         info = C.store_for(C.sae_infos(run, model_name) if run.exists() else [], hook,
                            data["saes"].get(hook))

@@ -5,7 +5,10 @@ and queried from one DuckDB file per SAE.
 Modules: ``config`` (what a build records), ``codes`` (an SAE's codes of a batch),
 ``accumulate`` (streaming per-latent statistics), ``logits`` (logit effects of decoder rows),
 ``arrow`` and ``write`` (the DuckDB file, written atomically), ``build`` (the entry points:
-stream, then write; runs and SAEs by name), ``store`` (queries)."""
+stream, then write; runs and SAEs by name), ``store`` (queries). Computed live for a feature
+page, beside the store: ``dashboard`` (similar decoder directions, correlated neurons,
+activations on a prompt, the loss change on ablation, the store's whole contexts) and
+``othello`` (board profiles of any dictionary's latents and of MLP neurons)."""
 from interp.features.build import build_feature_store, build_for_run
 from interp.features.config import FeatureConfig
 from interp.features.logits import logit_effects

@@ -6,6 +6,13 @@ share) and every kept edge (weight: the exact direct effect; influence), with th
 that made it. Node ids: ``mlp.3|12|77`` (feature), ``err|blocks.3.hook_mlp_out|12``,
 ``tok|12``, ``target|0``.
 
+A graph file also keeps what a researcher made of it in the app (optional top-level fields,
+absent from what ``interp graph`` writes; ``load_graph`` reads files with and without them,
+``save_annotations`` rewrites only them): ``"pinned"`` (node ids, or ``super|NAME`` for a
+supernode: ``interp.viz.graphs.SUPERNODE_PREFIX``), ``"supernodes"`` (``[{"name",
+"members": [node ids]}]``: drawn as one node, its edges summed) and ``"notes"`` (``{node id:
+text}``).
+
 circuit-tracer's graph JSON (``tracer_document``) is the schema its frontend and
 Neuronpedia read (``metadata``, ``qParams``, ``nodes``, ``links``), for graphs of MLP
 transcoders with logit targets: node ids ``{layer}_{feature}_{pos}`` (features),
@@ -24,8 +31,6 @@ from interp.graphs.build import AttributionGraph
 from interp.graphs.prune import Pruned
 
 FORMAT = "interp-graph/1"
-KIND_COLOURS = {"feature": "#4c78a8", "error": "#bab0ac", "token": "#54a24b",
-                "target": "#e45756"}
 
 
 def node_id(graph: AttributionGraph, i: int) -> str:
@@ -104,11 +109,18 @@ def graph_document(graph: AttributionGraph, pruned: Pruned, *, model: str,
 
 
 def save_graph(doc: dict, path: str | Path) -> Path:
+    """Write ``doc`` atomically (a temporary file beside it, then a rename): a reader sees
+    the old file or the new one, never half of one."""
+    import os
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -125,6 +137,78 @@ def load_graph(path: str | Path) -> dict:
     missing = [k for k in ("nodes", "edges", "targets", "tokens") if k not in doc]
     if missing:
         raise CorruptArtifactError(f"{path} misses {', '.join(missing)}")
+    problem = _annotation_problem(doc)
+    if problem:
+        raise CorruptArtifactError(f"{path}: {problem}")
+    return doc
+
+
+def find_graphs(run: str | Path) -> list[Path]:
+    """The graph files (``FORMAT``) of a run folder: ``RUN/graphs/**/*.json`` (other JSON
+    there, such as circuit-tracer's, left out)."""
+    out = []
+    for path in sorted(Path(run).glob("graphs/**/*.json")):
+        try:
+            with open(path) as f:
+                head = f.read(200)
+        except (OSError, UnicodeDecodeError):
+            continue
+        if f'"format": "{FORMAT}"' in head:
+            out.append(path)
+    return out
+
+
+# ------------------------------------------------------------------ annotations
+ANNOTATIONS = ("pinned", "supernodes", "notes")
+
+
+def _annotation_problem(doc: dict) -> str | None:
+    """What is wrong with the annotation fields of ``doc`` (None: absent or well formed)."""
+    pinned, supers, notes = (doc.get(k) for k in ANNOTATIONS)
+    if pinned is not None and not (isinstance(pinned, list)
+                                   and all(isinstance(p, str) for p in pinned)):
+        return '"pinned" must be a list of node ids'
+    if supers is not None:
+        if not isinstance(supers, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("name"), str) and s["name"]
+                and isinstance(s.get("members"), list)
+                and all(isinstance(m, str) for m in s["members"]) for s in supers):
+            return '"supernodes" must be a list of {"name": text, "members": [node ids]}'
+        names = [s["name"] for s in supers]
+        if len(set(names)) < len(names):
+            return "two supernodes have the same name"
+        members = [m for s in supers for m in s["members"]]
+        if len(set(members)) < len(members):
+            return "a node belongs to two supernodes"
+    if notes is not None and not (isinstance(notes, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in notes.items())):
+        return '"notes" must map node ids to text'
+    return None
+
+
+def annotations(doc: dict) -> dict:
+    """The annotation fields of a graph document (empty ones when it has none):
+    {"pinned": [ids], "supernodes": [{"name", "members"}], "notes": {id: text}}."""
+    return {"pinned": list(doc.get("pinned") or []),
+            "supernodes": [{"name": s["name"], "members": list(s["members"])}
+                           for s in doc.get("supernodes") or []],
+            "notes": dict(doc.get("notes") or {})}
+
+
+def save_annotations(path: str | Path, *, pinned: list[str] | None = None,
+                     supernodes: list[dict] | None = None,
+                     notes: dict[str, str] | None = None) -> dict:
+    """Write the given annotation fields into the graph file at ``path`` (the others kept):
+    the file is read again and checked to be a graph (``FORMAT``) first, so nothing but a
+    graph file is ever rewritten, and replaced atomically. Returns the written document."""
+    doc = load_graph(path)
+    for key, value in (("pinned", pinned), ("supernodes", supernodes), ("notes", notes)):
+        if value is not None:
+            doc[key] = value
+    problem = _annotation_problem(doc)
+    if problem:
+        raise DataError(problem)
+    save_graph(doc, path)
     return doc
 
 
@@ -196,62 +280,11 @@ def _tracer_node(graph: AttributionGraph, pruned: Pruned, i: int) -> dict:
 
 
 # ------------------------------------------------------------------ figure
-def figure(doc: dict, max_edges: int = 800) -> go.Figure:
-    """The pruned graph on a grid: x = position (token labels), y = layer (tokens at the
-    bottom, targets at the top); size by influence, colour by kind; the strongest edges."""
-    nodes = doc["nodes"]
-    where = {}
-    by_cell: dict[tuple, list] = {}
-    for n in nodes:
-        by_cell.setdefault((n["position"], n["layer"]), []).append(n)
-    for (pos, layer), cell in by_cell.items():
-        for j, n in enumerate(sorted(cell, key=lambda n: -n["influence"])):
-            spread = 0.8 * (j / max(len(cell) - 1, 1) - 0.5) if len(cell) > 1 else 0.0
-            where[n["id"]] = (pos + spread * 0.9, layer + (0.15 if n["kind"] == "error" else 0))
-    fig = go.Figure()
-    edges = sorted(doc["edges"], key=lambda e: -abs(e["weight"]))[:max_edges]
-    for sign, colour in ((1, "rgba(76,120,168,0.35)"), (-1, "rgba(228,87,86,0.35)")):
-        xs, ys = [], []
-        for e in edges:
-            if (e["weight"] > 0) == (sign > 0) and e["source"] in where and e["target"] in where:
-                (x0, y0), (x1, y1) = where[e["source"]], where[e["target"]]
-                xs += [x0, x1, None]
-                ys += [y0, y1, None]
-        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", line=dict(color=colour, width=1),
-                                   hoverinfo="skip", name="positive" if sign > 0 else "negative"))
-    peak = max((n["influence"] for n in nodes), default=1.0) or 1.0
-    for kind, colour in KIND_COLOURS.items():
-        ks = [n for n in nodes if n["kind"] == kind]
-        if not ks:
-            continue
-        fig.add_trace(go.Scattergl(
-            x=[where[n["id"]][0] for n in ks], y=[where[n["id"]][1] for n in ks],
-            mode="markers", name=kind,
-            marker=dict(color=colour, size=[6 + 18 * (n["influence"] / peak) ** 0.5 for n in ks],
-                        line=dict(width=0.5, color="white")),
-            text=[_hover(n) for n in ks], hoverinfo="text"))
-    labels = doc["token_labels"]
-    n_layers = max((b["layer"] for b in doc["blocks"]), default=0) + 1
-    fig.update_layout(
-        title=f"{doc['model']}: {doc['counts']['kept_features']} features, "
-              f"{doc['counts']['kept_edges']} edges (replacement score "
-              f"{doc['scores'].get('replacement', float('nan')):.3f})",
-        xaxis=dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels,
-                   title="position"),
-        yaxis=dict(tickmode="array", tickvals=list(range(-1, n_layers + 1)),
-                   ticktext=["tokens"] + [f"L{i}" for i in range(n_layers)] + ["targets"],
-                   title="layer"),
-        height=650, template="plotly_white")
-    return fig
+def figure(doc: dict, max_edges: int = 3000) -> go.Figure:
+    """The graph as the app's graph view draws it (``interp.viz.graphs``, one layout rule):
+    x = position (token labels), y = layer (tokens at the bottom, targets at the top), the
+    nodes of a cell spread within it; size by influence, colour by kind; the strongest
+    edges by sign and |weight|."""
+    from interp.viz.graphs import graph_figure, graph_view
 
-
-def _hover(n: dict) -> str:
-    if n["kind"] == "feature":
-        head = f"{n['block']} latent {n['latent']} @ {n['position']}<br>act {n['activation']:.3f}"
-    elif n["kind"] == "error":
-        head = f"error {n['site']} @ {n['position']}<br>norm {n['norm']:.3f}"
-    elif n["kind"] == "token":
-        head = f"token {n['label']!r} @ {n['position']}"
-    else:
-        head = f"{n['label']}<br>value {n['value']:.3f}"
-    return f"{head}<br>influence {n['influence']:.4f}"
+    return graph_figure(graph_view(doc, marks=annotations(doc)), max_edges=max_edges)

@@ -1,6 +1,6 @@
 """Circuits for the app and notebooks: discovery on a built-in task with its faithfulness
-curve in one call (JSON-ready, so it can be cached), the nodes of a graph as choices, and a
-node's (hook, latent)."""
+curve in one call (JSON-ready, so it can be cached), the nodes of a graph as choices, a
+node's (hook, latent), and the circuit drawn on the graph view's grid."""
 from __future__ import annotations
 
 import networkx as nx
@@ -69,27 +69,14 @@ def node_latent(g: nx.DiGraph, key: str) -> tuple[str, int] | None:
     return d["hook"], int(d["latent"])
 
 
-def circuit_figure(g: nx.DiGraph, title: str | None = None):
-    """``interp.circuits.graph.figure`` made clickable: the edge lines take no hover (in
-    plotly a click goes to the closest hovered point, and an edge's end lies on its node, so
-    edges would swallow the clicks on nodes); each edge's effect shows on hover at its
-    midpoint instead. Node markers keep their keys as ``customdata``."""
-    import plotly.graph_objects as go
+def circuit_figure(g: nx.DiGraph, title: str | None = None, selected: str | None = None):
+    """The circuit on the graph view's grid (``interp.viz.graphs``: one layout rule for
+    circuits and attribution graphs): x = position, y = hook (the metric on top), the
+    latents of one position spread within their cell; size by |effect|, edges blue / red by
+    sign, width by |effect|. Node keys are the node trace's ``customdata`` (the last trace),
+    so a click names its node; edges take no hover (a click goes to the closest hovered
+    point, and an edge ends on its node). SVG markers: a circuit has at most a few hundred
+    nodes."""
+    from interp.viz.graphs import circuit_view, graph_figure
 
-    from interp.circuits.graph import figure
-
-    fig = figure(g, title)
-    mid_x, mid_y, text = [], [], []
-    for trace in fig.data:
-        if trace.mode == "lines":
-            trace.hoverinfo = "skip"
-            mid_x.append(sum(trace.x) / 2)
-            mid_y.append(sum(trace.y) / 2)
-            text.append(trace.text)
-    if text:
-        fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", hovertext=text,
-                                 hoverinfo="text", showlegend=False,
-                                 marker=dict(size=6, color="rgba(0,0,0,0.15)")))
-        # the nodes on top again, so they stay the last trace (drawn above the midpoints)
-        fig.data = fig.data[:-2] + (fig.data[-1], fig.data[-2])
-    return fig
+    return graph_figure(circuit_view(g, title), selected=selected)

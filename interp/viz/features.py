@@ -52,18 +52,82 @@ def logit_effects_figure(page: dict, n: int = 10, title: str | None = None) -> g
     return fig
 
 
+def shade(value: float, top: float, diverging: bool = False) -> str:
+    """The background of a token: orange by ``value / top`` (an activation), or, with
+    ``diverging``, red for a positive and blue for a negative value (a loss change)."""
+    if not top or not np.isfinite(value):
+        return "transparent"
+    alpha = max(-1.0, min(1.0, value / top))
+    if not diverging:
+        return f"rgba(245,133,24,{max(alpha, 0.0):.2f})"
+    return (f"rgba(220,38,38,{alpha:.2f})" if alpha >= 0
+            else f"rgba(37,99,235,{-alpha:.2f})")
+
+
+def _top(values, top: float | None, diverging: bool) -> float:
+    finite = [abs(v) if diverging else v for v in values if np.isfinite(v)]
+    return top if top else max(finite + [1e-12])
+
+
+def tokens_html(tokens: list[str], values: list[float], top: float | None = None,
+                max_index: int | None = None, sep: str = "", diverging: bool = False,
+                label: str = "") -> str:
+    """Tokens as inline chips, each shaded by its value (``shade``; relative to ``top``,
+    default the largest), the token at ``max_index`` outlined; hovering shows
+    ``label`` and the value. ``sep`` joins tokens (" " for Othello squares)."""
+    values = [float(v) for v in values]
+    top = _top(values, top, diverging)
+    out = []
+    for i, (tok, a) in enumerate(zip(tokens, values)):
+        text = html.escape(str(tok).replace("\n", "⏎").replace("\t", "→")).replace(" ", "&nbsp;")
+        style = f"background:{shade(a, top, diverging)};padding:0 1px"
+        if i == max_index:
+            style += ";outline:1px solid #333;font-weight:bold"
+        out.append(f'<span title="{label}{a:.3f}" style="{style}">{text}</span>')
+    return f'<code>{sep.join(out)}</code>'
+
+
 def example_html(example: dict, max_act: float | None = None, sep: str = "") -> str:
     """One example window as HTML: each token shaded by the latent's activation on it
     (relative to ``max_act``, default the example's own max), the activating token
     outlined; hovering shows the value. ``sep`` joins tokens (" " for Othello squares)."""
-    acts = [float(a) for a in example["acts"]]
-    top = max_act if max_act else max(acts + [1e-12])
+    return tokens_html(example["tokens"], example["acts"], max_act, example.get("max_index"),
+                       sep)
+
+
+CODE_STYLE = ("font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;"
+              "font-size:0.82em;line-height:1.45;white-space:pre;overflow-x:auto;"
+              "background:#fafafa;border:1px solid #e5e5e5;border-radius:4px;"
+              "padding:4px 8px;margin:2px 0 6px 0;tab-size:4")
+
+
+def code_html(tokens: list[str], values: list[float], top: float | None = None,
+              max_index: int | None = None, diverging: bool = False, label: str = "") -> str:
+    """Source code as it reads: monospaced, its own line breaks and indentation, each
+    token shaded by its value (``shade``), the token at ``max_index`` outlined, the text
+    HTML-escaped. A newline that carries a value shows as ``↵`` so its shade is seen. The
+    result holds no raw newline (line breaks are ``<br>``), so Markdown leaves it whole."""
+    values = [float(v) for v in values]
+    top = _top(values, top, diverging)
     out = []
-    for i, (tok, a) in enumerate(zip(example["tokens"], acts)):
-        text = html.escape(str(tok).replace("\n", "⏎").replace("\t", "→")).replace(" ", "&nbsp;")
-        alpha = max(0.0, min(1.0, a / top)) if top > 0 else 0.0
-        style = f"background:rgba(245,133,24,{alpha:.2f});padding:0 1px"
-        if i == example.get("max_index"):
+    for i, (tok, a) in enumerate(zip(tokens, values)):
+        tok = str(tok)
+        marked = a != 0 and "\n" in tok
+        text = html.escape(tok.replace("\r", ""))
+        if marked:
+            text = text.replace("\n", "↵\n", 1)
+        text = text.replace("\n", "<br>")
+        style = f"background:{shade(a, top, diverging)}"
+        if i == max_index:
             style += ";outline:1px solid #333;font-weight:bold"
-        out.append(f'<span title="{a:.3f}" style="{style}">{text}</span>')
-    return f'<code>{sep.join(out)}</code>'
+        out.append(f'<span title="{label}{a:.3f}" style="{style}">{text}</span>')
+    return f"<div class='code-example' style='{CODE_STYLE}'>{''.join(out)}</div>"
+
+
+def code_example_html(example: dict, max_act: float | None = None) -> str:
+    """A feature store example (``FeatureStore.feature``) as code (``code_html``); tokens
+    outside the context (a window at its start or end) are left out."""
+    keep = [i for i, t in enumerate(example["token_ids"]) if t >= 0]
+    idx = example.get("max_index")
+    return code_html([example["tokens"][i] for i in keep], [example["acts"][i] for i in keep],
+                     max_act, keep.index(idx) if idx in keep else None)
