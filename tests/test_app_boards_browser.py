@@ -12,18 +12,12 @@ The run is a copy of the app tests' run (``app_run``) plus a feature store of th
 pycode SAE on 2,000 tokens."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from test_app_browser import (ARTIFACTS, TIMEOUT_MS, chromium, free_port,  # noqa: F401
-                              no_exception, settle)
+from test_app_browser import (ARTIFACTS, TIMEOUT_MS, app_server, browser_page,  # noqa: F401
+                              chromium, no_exception, settle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -43,46 +37,14 @@ def boards_run(app_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(chromium, boards_run):
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "app_boards_server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "interp.cli", "app", str(boards_run),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://localhost:{port}"
-    deadline = time.time() + 120
-    try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"`interp app` did not start (exit {proc.poll()}); see "
-                                   f"{ARTIFACTS / 'app_boards_server.log'}")
-            time.sleep(0.5)
+    with app_server(boards_run, "app_boards_server.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def page(chromium, server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1600})
-        pg.set_default_timeout(TIMEOUT_MS)
+    with browser_page(chromium, height=1600) as pg:
         yield pg
-        browser.close()
 
 
 def shot(pg, name: str) -> None:

@@ -5,6 +5,7 @@ it clicks a feature, a circuit node and the links between pages, and saves scree
 test skips, saying why, only when no browser can be found."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -55,12 +56,15 @@ def chromium() -> str:
     return exe
 
 
-@pytest.fixture(scope="module")
-def server(chromium, app_run):
+@contextlib.contextmanager
+def app_server(run, log_name: str = "app_server.log"):
+    """``interp app RUN`` on a free port, its output in ``tests/artifacts/LOG_NAME``; the
+    URL once it answers its health check; stopped (its process group) on exit. Shared by
+    every browser test."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "app_server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "interp.cli", "app", str(app_run), "--port",
+    log = open(ARTIFACTS / log_name, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "interp.cli", "app", str(run), "--port",
                              str(port)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://localhost:{port}"
@@ -74,7 +78,7 @@ def server(chromium, app_run):
                 pass
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"`interp app` did not start (exit {proc.poll()}); see "
-                                   f"{ARTIFACTS / 'app_server.log'}")
+                                   f"{ARTIFACTS / log_name}")
             time.sleep(0.5)
         yield url
     finally:
@@ -86,17 +90,30 @@ def server(chromium, app_run):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def page(chromium, server):
+@contextlib.contextmanager
+def browser_page(chromium: str, height: int = 2000):
+    """A headless Chromium page 1400 px wide (Playwright driving Debian's chromium)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 2000})
+        pg = browser.new_page(viewport={"width": 1400, "height": height})
         pg.set_default_timeout(TIMEOUT_MS)
         yield pg
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(chromium, app_run):
+    with app_server(app_run) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(chromium, server):
+    with browser_page(chromium) as pg:
+        yield pg
 
 
 def settle(pg) -> None:
