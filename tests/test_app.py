@@ -3,6 +3,8 @@ folder and its main widget works (pick a latent, move a threshold, fit a 1-k pro
 import json
 from pathlib import Path
 
+import numpy as np
+
 from app_fixtures import write_store_run
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "interp_app.py")
@@ -151,6 +153,40 @@ def test_circuits_page_discovers_prunes_and_opens_a_node(monkeypatch, app_run, t
     assert int(at.metric[0].value) == len(data["graph"]["nodes"]) - 1
 
 
+def test_circuits_page_on_a_board_prompt(monkeypatch, app_run):
+    """One prompt of one's own (the board's text box), its answer and wrong moves, against
+    a counterfactual; then a mismatched counterfactual is refused in one line."""
+    at = ok(app(monkeypatch, app_run, "circuits"))
+    at.selectbox(key="circuit_task").set_value("your prompt").run()
+    ok(at)
+    at.text_area(key="circuit_prompt").set_value("f5 d6 c3 d3 c4").run()
+    ok(at)
+    assert "**5 moves**" in markdown(at)           # the board follows the typed moves
+    at.text_input(key="circuit_answer").set_value("f4")
+    at.text_input(key="circuit_wrong").set_value("a1")
+    at.text_input(key="circuit_patch").set_value("f5 d6 c3 d3 c6")
+    at.slider(key="circuit_max_nodes").set_value(10)
+    at.button(key="circuit_run").click().run()
+    ok(at)
+    assert 1 <= int(at.metric[0].value) <= 10
+    assert any("logit(f4) - logit(a1)" in c.value and "counterfactual" in c.value
+               for c in at.caption)
+    at.text_input(key="circuit_patch").set_value("f5 d6 c3")
+    at.button(key="circuit_run").click().run()
+    assert not at.exception and "the counterfactual prompt is 4 tokens" in at.error[0].value
+
+
+def plotly_array(v) -> np.ndarray:
+    """An array of a plotly figure's JSON (plotly 6 writes numpy arrays as typed base64)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = [int(n) for n in str(v.get("shape", len(a))).split(",")]   # "8, 8"
+        return a.reshape(shape)
+    return np.array(v, dtype=float)
+
+
 def test_probes_page_fits_a_one_sparse_probe(monkeypatch, app_run):
     at = ok(app(monkeypatch, app_run, "probes", property="othello-mine-c4"))
     assert at.selectbox(key="probe_kind").value == "mine"
@@ -168,6 +204,13 @@ def test_probes_page_fits_a_one_sparse_probe(monkeypatch, app_run):
     assert all(0 <= f <= 1 for f in table["F1"])
     labels = [p.proto.label for p in at.get("page_link")]
     assert any(label.startswith("latent ") for label in labels)  # SAE units link to pages
+    # each source's probe as a board profile: 6 heatmaps of 8 x 8 (square-states)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    boards = [c for c in charts if "probe for othello-mine-c4" in str(c["layout"].get("title"))]
+    assert len(boards) == 2
+    heat = [t for t in boards[0]["data"] if t["type"] == "heatmap"]
+    mine = plotly_array(heat[1]["z"])
+    assert len(heat) == 6 and mine.shape == (8, 8) and np.isfinite(mine).all()
 
 
 def test_ablations_page_changes_the_next_token_distribution(monkeypatch, app_run):

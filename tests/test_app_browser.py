@@ -91,17 +91,29 @@ def app_server(run, log_name: str = "app_server.log"):
 
 
 @contextlib.contextmanager
-def browser_page(chromium: str, height: int = 2000):
-    """A headless Chromium page 1400 px wide (Playwright driving Debian's chromium)."""
+def headless_chromium(chromium: str, args: tuple[str, ...] = ()):
+    """Debian's chromium, headless, driven by Playwright (``args``: extra command-line flags)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
-        pg = browser.new_page(viewport={"width": 1400, "height": height})
-        pg.set_default_timeout(TIMEOUT_MS)
-        yield pg
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", *args])
+        yield browser
         browser.close()
+
+
+def new_page(browser, height: int = 2000):
+    """A page 1400 px wide (the screenshots' width) with the tests' timeout."""
+    pg = browser.new_page(viewport={"width": 1400, "height": height})
+    pg.set_default_timeout(TIMEOUT_MS)
+    return pg
+
+
+@contextlib.contextmanager
+def browser_page(chromium: str, height: int = 2000):
+    """A headless Chromium page 1400 px wide."""
+    with headless_chromium(chromium) as browser:
+        yield new_page(browser, height)
 
 
 @pytest.fixture(scope="module")

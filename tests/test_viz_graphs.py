@@ -297,7 +297,7 @@ def test_graphs_page_selects_pins_groups_and_restores(monkeypatch, tmp_path):
     md = "\n".join(m.value for m in at.markdown)
     captions = "\n".join(c.value for c in at.caption)
     assert "Logit effects" in md and ("Top activations" in md     # the feature card (a
-                                      or "never fires on 256" in captions)  # random latent)
+                                      or "never fires on 128" in captions)  # random latent)
     # select another node with the selector: its edges are listed
     at.selectbox(key="graph_node").set_value(second).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -327,3 +327,21 @@ def test_graphs_page_selects_pins_groups_and_restores(monkeypatch, tmp_path):
     nodes = spec["data"][-1]
     assert "top two" in nodes["text"] and first not in nodes["customdata"]
     assert "pinned:" in "\n".join(c.value for c in at.caption)
+    # a truncated graph file: its one-line error, nothing else
+    bad = run / "graphs" / "bad.json"
+    bad.write_text(path.read_text()[:3000])
+    at.text_input(key="graph_path").set_value(str(bad)).run()
+    assert not at.exception and len(at.error) == 1 and "not a readable graph" in at.error[0].value
+    at.text_input(key="graph_path").set_value("").run()
+    # trace a new graph from the page: written into RUN/graphs and opened
+    at.radio(key="graph_mode").set_value("trace a new graph").run()
+    at.text_area(key="graph_trace_prompt").set_value("f5 d6 c3 d3 c4")
+    at.text_input(key="graph_trace_name").set_value("short")
+    at.number_input(key="graph_trace_max").set_value(64)
+    at.button[[b.label for b in at.button].index("trace")].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    traced = load_graph(run / "graphs" / "short.json")
+    assert traced["prompt"] == "f5 d6 c3 d3 c4" and traced["dictionaries"] == ["othello/plt"]
+    assert at.radio(key="graph_mode").value == "open a graph"
+    assert at.selectbox(key="graph_file").value == str(run / "graphs" / "short.json")
+    assert "5 d6 c3" in "\n".join(c.value for c in at.caption)

@@ -125,6 +125,35 @@ def test_dictionary_and_neuron_profiles_on_the_othello_model():
     torch.testing.assert_close(n.corr, ref.corr)
 
 
+def test_probe_profile_is_the_profile_of_its_logit():
+    """A probe over two neurons profiles like the weighted sum of their activations; a probe
+    over latents like the same sum of the dictionary's codes; refusals in one line."""
+    from interp.features.dashboard import dictionary_acts
+    from interp.features.othello import probe_profile, square_profile
+    from interp.models import load
+    from interp.sae.core import SAEConfig, SparseAutoencoder
+
+    model = load("othello").eval()
+    g = generate_games(10, 3)
+    tokens = torch.from_numpy(g.tokens())[:, :60]
+    hook = "blocks.2.mlp.hook_post"
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    ref = square_profile((cache[hook][..., [5, 40]] @ torch.tensor([1.5, -0.5]))[..., None], g)
+    got = probe_profile(model, [5, 40], [1.5, -0.5], hook=hook, games=g)
+    torch.testing.assert_close(got.corr, ref.corr)
+    torch.testing.assert_close(got.mean_when, ref.mean_when, equal_nan=True)
+    sae = SparseAutoencoder(SAEConfig(d_in=128, d_sae=32, arch="topk", k=4, metadata={
+        "hook_name": "blocks.3.hook_resid_post"})).eval()
+    acts = dictionary_acts(model, sae, tokens)
+    ref = square_profile((acts[..., [2, 9]] @ torch.tensor([1.0, 2.0]))[..., None], g)
+    torch.testing.assert_close(probe_profile(model, [2, 9], [1.0, 2.0], sae=sae, games=g).corr,
+                               ref.corr)
+    with pytest.raises(DataError, match="either a hook's units or a dictionary's latents"):
+        probe_profile(model, [1], [1.0], games=g)
+    with pytest.raises(DataError, match="out of range: blocks.2.mlp.hook_post has 512"):
+        probe_profile(model, [600], [1.0], hook=hook, games=g)
+
+
 def test_board_prompt_reads_the_longest_legal_prefix():
     import sys
     from pathlib import Path

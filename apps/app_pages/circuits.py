@@ -9,20 +9,61 @@ import streamlit as st
 import app_common as C
 from interp.circuits.graph import faithfulness_figure, from_json, load_graph, prune, to_json
 from interp.errors import InterpError
+from interp.data.othello import square_name
 from interp.viz.circuits import (circuit_figure, discover_circuit, node_choices,
-                                 node_label, node_latent, tasks_for)
+                                 node_label, node_latent, prompt_task, tasks_for)
 from interp.viz.runs import find_circuits
+
+
+YOUR_PROMPT = "your prompt"
 
 
 @st.cache_data(show_spinner="finding the circuit (attribution, edges, faithfulness)")
 def cached_discover(model_name: str, sae_names: tuple, specs: tuple, task: str, prompts: int,
-                    method: str, max_nodes: int) -> dict:
+                    method: str, max_nodes: int, prompt: tuple | None = None) -> dict:
+    """``prompt``: (text, answer, wrong, counterfactual or "") for the task YOUR_PROMPT."""
     from interp.circuits.discover import saes_for
 
     saes = saes_for(list(specs))
-    data = discover_circuit(C.model(model_name), saes, task, prompts, method, max_nodes)
+    m = C.model(model_name)
+    if task == YOUR_PROMPT:
+        text, answer, wrong, patch = prompt
+        task = prompt_task(model_name, m, text, answer, wrong, patch or None)
+    data = discover_circuit(m, saes, task, prompts, method, max_nodes)
     data["saes"] = {hook: name for hook, name in zip(saes, sae_names)}
     return data
+
+
+def your_prompt(model_name: str) -> tuple[str, str, str, str]:
+    """One prompt (on a board for othello: click legal moves), the answer and wrong tokens
+    and an optional counterfactual prompt of the same length."""
+    from interp.viz.prompts import default_prompt
+
+    if model_name == "othello":
+        from app_board import board_prompt
+
+        text, pos = board_prompt("circuit_prompt", default=default_prompt(model_name),
+                                 label="prompt (moves as squares, e.g. f5 d6 c3; or click a "
+                                       "legal move on the board)")
+        legal = [square_name(q) for q in pos.legal]
+        illegal = [square_name(q) for q in pos.squares("empty") if q not in pos.legal]
+        answer, wrong = (legal or ["c4"])[0], (illegal or ["a1"])[0]
+    else:
+        st.session_state.setdefault("circuit_prompt", default_prompt(model_name))
+        text = st.text_area("prompt", key="circuit_prompt", height=90)
+        answer, wrong = ")", "]"
+    st.session_state.setdefault("circuit_answer", answer)  # then the user's own
+    st.session_state.setdefault("circuit_wrong", wrong)
+    c = st.columns(3)
+    answer = c[0].text_input("answer token", key="circuit_answer",
+                             help="a move for othello (a legal one, say); \\n for a newline")
+    wrong = c[1].text_input("wrong token", key="circuit_wrong",
+                            help="the metric is logit(answer) - logit(wrong) at the last "
+                                 "position")
+    patch = c[2].text_input("counterfactual prompt (optional, same length)",
+                            key="circuit_patch", help="nodes are patched to their values on "
+                            "it; without one, zero ablation")
+    return text, answer.strip(), wrong.strip(), patch.strip()
 
 
 st.title("Circuits")
@@ -35,18 +76,22 @@ mode = st.radio("circuit", ["discover", "load a saved circuit"], horizontal=True
 
 data = None
 if mode == "discover":
-    if not tasks or not infos:
-        st.info(f"Circuit discovery needs a built-in task and an SAE of {model_name}: tasks "
-                f"{tasks or 'none'}, SAEs {len(infos)}.")
+    if not infos:
+        st.info(f"Circuit discovery needs an SAE of {model_name} (in the run or shipped); "
+                f"this run has none.")
         st.stop()
     c = st.columns([1, 2])
-    task = c[0].selectbox("task", tasks, key="circuit_task")
+    task = c[0].selectbox("task", tasks + [YOUR_PROMPT], key="circuit_task",
+                          help="a built-in task (many prompts), or one prompt of your own "
+                               "with the two tokens whose logit difference is the metric")
     names = [i.name for i in infos]
     chosen = c[1].multiselect("SAEs to splice (one per hook)", names,
                               default=[C.default_sae(infos)],
                               key="circuit_saes")
+    prompt = your_prompt(model_name) if task == YOUR_PROMPT else None
     c = st.columns(3)
-    prompts = c[0].slider("prompts", 4, 64, 16, 4, key="circuit_prompts")
+    prompts = (c[0].slider("prompts", 4, 64, 16, 4, key="circuit_prompts")
+               if prompt is None else 1)
     method = c[1].selectbox("attribution", ["atp", "ig"], key="circuit_method",
                             help="attribution patching (one pass) or integrated gradients")
     max_nodes = c[2].slider("max nodes", 5, 200, 30, 5, key="circuit_max_nodes")
@@ -54,7 +99,7 @@ if mode == "discover":
         st.session_state["circuit_params"] = dict(
             model_name=model_name, sae_names=tuple(chosen),
             specs=tuple(next(i.spec for i in infos if i.name == n) for n in chosen),
-            task=task, prompts=prompts, method=method, max_nodes=max_nodes)
+            task=task, prompts=prompts, method=method, max_nodes=max_nodes, prompt=prompt)
     params = st.session_state.get("circuit_params")
     if params and params["model_name"] == model_name:
         try:
@@ -62,9 +107,12 @@ if mode == "discover":
         except InterpError as e:
             C.show_error(e)
             st.stop()
-        st.caption(f"{params['task']} over {', '.join(params['sae_names'])}: "
-                   f"{params['prompts']} prompts, {params['method']}, found in "
-                   f"{data['seconds']:.1f} s")
+        what = (f"{params['prompts']} prompts" if params["task"] != YOUR_PROMPT else
+                f"logit({params['prompt'][1]}) - logit({params['prompt'][2]}) after "
+                f"{params['prompt'][0][-60:]!r}, "
+                + ("against its counterfactual" if params["prompt"][3] else "zero ablation"))
+        st.caption(f"{params['task']} over {', '.join(params['sae_names'])}: {what}, "
+                   f"{params['method']}, found in {data['seconds']:.1f} s")
 else:
     files = find_circuits(run) if run.exists() else []
     c = st.columns(2)

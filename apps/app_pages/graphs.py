@@ -41,6 +41,13 @@ if mode == "trace a new graph":
         st.info(f"No replacement set (transcoders, CLT) of {model_name} is shipped; trace "
                 f"with `interp graph --transcoders FOLDER ...`.")
         st.stop()
+    board_text = None
+    if model_name == "othello":  # the prompt on a board (its clicks cannot live in a form)
+        from app_board import board_prompt
+
+        board_text, _ = board_prompt("graph_trace_prompt", default=default_prompt(model_name),
+                                     label="prompt (moves as squares, e.g. f5 d6 c3; or "
+                                           "click a legal move on the board)")
     with st.form("graph_trace"):
         c = st.columns([2, 3])
         specs = c[0].multiselect("transcoders (and attention SAEs)", sets, default=sets[:1]
@@ -49,9 +56,8 @@ if mode == "trace a new graph":
         targets = c[1].text_input(
             "targets (separated by ' ; ')", "logits", key="graph_trace_targets",
             help="logits, logit:TOKEN, logitdiff:A,B, feature:L:POS:ID, attn:L.H:Q:K")
-        prompt = st.text_area("prompt" + (" (moves: f5 d6 c3 ...)" if model_name == "othello"
-                                          else ""), default_prompt(model_name),
-                              key="graph_trace_prompt", height=80)
+        prompt = board_text if board_text is not None else st.text_area(
+            "prompt", default_prompt(model_name), key="graph_trace_prompt", height=80)
         c = st.columns(3)
         name = c[0].text_input("name (RUN/graphs/NAME.json)", "graph", key="graph_trace_name")
         max_nodes = c[1].number_input("max feature nodes attributed", 16, 16384, 1024, 64,
@@ -104,7 +110,8 @@ except (InterpError, OSError) as e:
     st.stop()
 if st.session_state.get("_graph_path") != path:  # another graph: a fresh selection
     st.session_state["_graph_path"] = path
-    st.session_state.pop("graph_sel", None)
+    for key in ("graph_sel", "graph_max_f"):
+        st.session_state.pop(key, None)
 ann = annotations(doc)
 
 
@@ -117,7 +124,6 @@ def write(**fields) -> None:
 
 
 n_feat = sum(n["kind"] == "feature" for n in doc["nodes"])
-counts = doc.get("counts") or {}
 c = st.columns(5)
 c[0].metric("tokens", len(doc["tokens"]))
 c[1].metric("features", f"{n_feat:,}")
@@ -150,8 +156,16 @@ if st.session_state.get("graph_sel") not in v.nodes:
                     key=lambda n: -n.influence)
     st.session_state["graph_sel"] = ranked[0].id if ranked else next(iter(v.nodes), None)
 sel = st.session_state["graph_sel"]
+# The figure rings the selected node and draws its edges on top, so a new selection is a new
+# figure, which the browser mounts anew: a new WebGL context, the slow part of a click on a
+# big graph. So a run draws the figure the previous run drew (nothing to mount; a click
+# shows its node at once as plotly's own selection), the new selection's edges and card
+# below it, and then runs once more to ring the new node and draw its edges.
+drawn = st.session_state.get("graph_drawn")
+if drawn not in v.nodes:
+    drawn = st.session_state["graph_drawn"] = sel
 MAX_EDGES = 3000
-st.plotly_chart(graph_figure(v, selected=sel, max_edges=MAX_EDGES), key="graph_plot",
+st.plotly_chart(graph_figure(v, selected=drawn, max_edges=MAX_EDGES), key="graph_plot",
                 on_select=partial(G.on_plot_select, "graph_plot"), selection_mode="points",
                 width="stretch", theme=None, config={"displaylogo": False})
 shown = min(len(v.edges), MAX_EDGES)
@@ -310,6 +324,8 @@ elif raw is not None and raw["kind"] == "feature":
         if info is not None:
             C.feature_link(info.feature_store.stem, int(raw["latent"]),
                            f"open the feature page of {info.name} latent {raw['latent']}")
+        elif C.show_store_problems(run):
+            pass  # an unreadable store may be this dictionary's: its error says so
         elif spec:
             st.caption(f"No feature store of {spec} in this run: `interp features --run {run} "
                        f"--sae {spec} --tokens 100000` builds one.")
@@ -318,3 +334,7 @@ elif raw is not None:
                          "position (kept so the replacement is exact)",
                 "token": "a token embedding", "target": "a target the graph is traced from"
                 }.get(raw["kind"], ""))
+
+if drawn != sel:  # ring the new selection and draw its edges (see above)
+    st.session_state["graph_drawn"] = sel
+    st.rerun()

@@ -1,6 +1,7 @@
 """Probes: k-sparse probes for a ground-truth property on neurons (a hook's units) and SAE
 latents, F1 against k, and the probes' top units (SAE latents link to their feature pages).
 Deep link: ``?page=probes&property=othello-mine-d3&sae=NAME``."""
+import numpy as np
 import streamlit as st
 
 import app_common as C
@@ -16,6 +17,18 @@ def cached_probes(model_name: str, prop: str, sources: tuple, sae_specs: tuple, 
     saes = {name: C.sae(spec, model_name) for name, spec in sae_specs}
     return compare_sources(C.model(model_name), prop, list(sources), saes, ks=list(ks),
                            method=method, n_contexts=contexts, max_examples=examples)
+
+
+@st.cache_data(show_spinner="the probe's board profile (128 games)")
+def cached_probe_profile(model_name: str, source: str, spec: str | None, units: tuple,
+                         weights: tuple) -> dict:
+    """{state: 64 correlations} of a probe's logit with each square-state."""
+    from interp.features.othello import probe_profile
+
+    m = C.model(model_name)
+    reads = dict(sae=C.sae(spec, model_name)) if spec else dict(hook=source.split(":", 1)[1])
+    prof = probe_profile(m, list(units), list(weights), **reads)
+    return {k: v.tolist() for k, v in prof.values(0, "corr").items()}
 
 
 st.title("Probes")
@@ -125,3 +138,29 @@ for col, (source, r) in zip(cols, res["sources"].items()):
                 st.markdown(f"- {label}")
         if source.startswith("sae:") and info is None:
             st.caption("no feature store for this SAE in the run: its latents have no page")
+
+if model_name == "othello":
+    from interp.viz.othello import board_heatmaps
+
+    st.subheader("Board profile of the largest sparse probe")
+    st.caption("The correlation of each source's probe logit (its largest sparse probe, the "
+               "units and weights above) with every square's state over 128 held-out games: "
+               "a probe for one square's state lights that square, and shows what else it "
+               "reads (the Othello-GPT view of a probe).")
+    specs = dict(params["sae_specs"])
+    for source, r in res["sources"].items():
+        largest = [p for p in r["results"] if p["k"] is not None]
+        if "per_class" in r or not largest:
+            st.caption(f"{source}: one vs rest (no single probe to profile)")
+            continue
+        p = largest[-1]
+        try:
+            values = cached_probe_profile(model_name, source, specs.get(source[4:]),
+                                          tuple(p["units"]), tuple(p["weights"]))
+        except InterpError as e:
+            C.show_error(e)
+            continue
+        st.plotly_chart(board_heatmaps({k: np.array(v) for k, v in values.items()},
+                                       title=f"{source}: k = {p['k']} probe for "
+                                             f"{params['prop']}",
+                                       value_name="r", height=230), width="stretch")

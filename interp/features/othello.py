@@ -123,3 +123,37 @@ def neuron_profile(model, layer: int, neurons: list[int], games: OthelloGames | 
             raise DataError(f"neurons {neurons} out of range: {hook} has {x.shape[-1]}")
         acts[sl] = x[..., idx]
     return square_profile(acts, games, [f"L{layer}.n{u}" for u in neurons])
+
+
+@torch.no_grad()
+def probe_profile(model, units: list[int], weights: list[float], hook: str | None = None,
+                  sae=None, games: OthelloGames | None = None, batch_size: int = 32,
+                  name: str = "probe") -> SquareProfile:
+    """The square profile of a linear probe's logit ``sum_u w_u x_u`` over the units it
+    reads: a hook's units (``hook``, e.g. neurons at ``blocks.L.mlp.hook_post``) or a
+    dictionary's latents (``sae``). The probe's bias shifts ``mean_when`` and ``mean_act``
+    alike and leaves ``corr`` unchanged, so it is not needed."""
+    from interp.features.dashboard import dictionary_acts, hook_acts
+
+    if (hook is None) == (sae is None):
+        raise DataError("a probe reads either a hook's units or a dictionary's latents: give "
+                        "one of hook and sae")
+    if len(units) != len(weights) or not units:
+        raise DataError(f"a probe needs one weight per unit ({len(units)} units, "
+                        f"{len(weights)} weights)")
+    games = games if games is not None else profile_games()
+    tokens = _game_tokens(model, games)
+    idx = torch.tensor([int(u) for u in units])
+    w = torch.tensor([float(v) for v in weights])
+    if sae is not None:
+        logit = dictionary_acts(model, sae, tokens, batch_size)[..., idx] @ w
+    else:
+        if hook not in model.hook_dict:
+            raise DataError(f"the model has no {hook}")
+        logit = torch.zeros(tokens.shape)
+        for sl, cache in hook_acts(model, tokens, [hook], batch_size):
+            x = cache[hook]
+            if int(idx.max()) >= x.shape[-1]:
+                raise DataError(f"units {units} out of range: {hook} has {x.shape[-1]}")
+            logit[sl] = x[..., idx] @ w
+    return square_profile(logit[..., None], games, [name])

@@ -22,7 +22,6 @@ does the same for a circuit, and :func:`graph_figure` draws either with plotly (
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -61,7 +60,7 @@ class Layout:
 
 
 def grid_layout(items: list[tuple[str, object, float, float]], *, width_px: float = 850.0,
-                row_px: float = 90.0, pitch: float = 14.0, min_pitch: float = 4.0,
+                row_px: float = 90.0, pitch: float = 36.0, min_pitch: float = 4.0,
                 band: float = 0.8, min_column_px: float = 12.0) -> Layout:
     """Lay ``items`` = [(id, column, row, weight)] out on the grid (module docstring).
     ``column`` is any sortable key (a position); rows are floats (layers, or a layer minus
@@ -69,7 +68,8 @@ def grid_layout(items: list[tuple[str, object, float, float]], *, width_px: floa
     of the distance to the nearest other row that a row's cells may fill. The lattice pitch
     is the largest of ``pitch``, ``pitch - 1``, ... ``min_pitch`` at which the columns fit in
     ``width_px`` (a smaller pitch puts more lattice rows in a band: crowded cells grow
-    upwards before they grow sideways); at ``min_pitch`` the columns are scaled to fit."""
+    upwards before they grow sideways; a few positions get roomy cells); at ``min_pitch``
+    the columns are scaled to fit."""
     rows = sorted({float(r) for _, _, r, _ in items})
     gaps = {r: min([abs(r - o) for o in rows if o != r] + [1.0]) for r in rows}
     band_px = {r: band * min(gaps[r], 1.0) * row_px for r in rows}
@@ -365,7 +365,6 @@ def circuit_view(g, title: str | None = None) -> GraphView:
     nodes: dict[str, ViewNode] = {}
     for n, d in g.nodes(data=True):
         if n == OUTPUT:
-            effect = float("nan")
             nodes[n] = ViewNode(n, "target", last, float(len(hooks)), 0.0, "metric",
                                 f"<b>metric</b> {g.graph.get('metric', '')}")
             continue
@@ -412,16 +411,18 @@ def graph_figure(view: GraphView, *, selected: str | None = None, max_edges: int
     while layout.pitch < 7 and layout.row_px < 2 * view.row_px:  # crowded: a taller figure
         layout = grid_layout(items, width_px=width_px, row_px=layout.row_px * 1.2)
     fig = go.Figure(_edge_traces(Scatter, view, layout.xy, selected, max_edges))
-    for sign in (1, -1):  # legend entries (edges and nodes are drawn without legends)
-        fig.add_trace(Scatter(x=[None], y=[None], mode="lines", hoverinfo="skip",
-                              name="excites" if sign > 0 else "inhibits",
-                              line=dict(color=f"rgb({EDGE_COLOURS[sign]})", width=2)))
+    # legend entries (edges and nodes are drawn without legends): empty SVG traces, which
+    # cost the browser nothing (every WebGL trace is a draw call of its own)
+    for sign in (1, -1):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", hoverinfo="skip",
+                                 name="excites" if sign > 0 else "inhibits",
+                                 line=dict(color=f"rgb({EDGE_COLOURS[sign]})", width=2)))
     for kind in KIND_COLOURS:
         if any(v.kind == kind for v in view.nodes.values()):
-            fig.add_trace(Scatter(x=[None], y=[None], mode="markers", name=KIND_NAMES[kind],
-                                  marker=dict(color=KIND_COLOURS[kind], size=10,
-                                              symbol=KIND_SYMBOLS[kind]),
-                                  hoverinfo="skip"))
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=KIND_NAMES[kind],
+                                     marker=dict(color=KIND_COLOURS[kind], size=10,
+                                                 symbol=KIND_SYMBOLS[kind]),
+                                     hoverinfo="skip"))
     fig.add_trace(_node_trace(Scatter, view, layout, selected))
     _axes(fig, view, layout, title)
     return fig
@@ -572,30 +573,23 @@ def graph_dictionaries(dictionaries: list[str]) -> GraphDictionaries:
     return GraphDictionaries(blocks_of(dicts, names), specs)
 
 
-class _Rows:
-    """Decoder rows as ``interp.features.logits.output_directions`` takes a dictionary."""
-
-    def __init__(self, rows):
-        self.W_dec = rows
-
-        class cfg:
-            transcoder = False
-        self.cfg = cfg
-
-
 def logit_effects(model, block, latent: int, m: int = 8) -> dict[str, list[tuple[int, float]]]:
     """The direct effect on the logits of a block's latent: its decoder row at every site
     it writes (a CLT layer's: every later MLP output), each as the residual direction it
     writes through ln_final (``interp.features.logits.output_directions``, the rule the
     feature stores use), summed, through the unembedding. {"boosted": [(token, value)],
     "suppressed": [...]}, ``m`` each."""
+    from types import SimpleNamespace
+
     import torch
 
     from interp.features.logits import output_directions
 
     total = None
     for site, dec in zip(block.writes, block.decoders):
-        d = output_directions(_Rows(dec[latent:latent + 1].detach().float()), model, site)
+        row = SimpleNamespace(W_dec=dec[latent:latent + 1].detach().float(),  # a one-latent
+                              cfg=SimpleNamespace(transcoder=False))          # dictionary
+        d = output_directions(row, model, site)
         if d is None:
             raise DataError(f"{site} does not map to the residual stream linearly: "
                             f"no logit effects")
@@ -629,8 +623,3 @@ def top_activations(model, blocks: list, block_name: str, latent: int, contexts,
                     "tokens": [token_names[int(t)] for t in contexts[c, lo:hi]],
                     "acts": [float(a) for a in acts[c, lo:hi]]})
     return out
-
-
-def document_json(doc: dict) -> str:
-    """The document as the app offers it for download."""
-    return json.dumps(doc, indent=1)
