@@ -33,6 +33,7 @@ from interp.errors import DataError
 
 LABEL_NAMES = ("in_string", "in_comment", "keyword", "bracket_depth", "indent_level")
 BOOLEAN_LABELS = ("in_string", "in_comment", "keyword")
+PYCODE_CLASSES = ("in-string", "in-comment", "keyword", "in-brackets", "indented")
 _OPEN, _CLOSE = set("([{"), set(")]}")
 _STRING_TYPES = {tokenize.STRING}
 for _name in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END"):  # Python >= 3.12
@@ -55,6 +56,15 @@ class TokenLabels:
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in LABEL_NAMES}
+
+    def binary_classes(self) -> dict[str, np.ndarray]:
+        """The five yes/no classes probes and evaluations use, by name (``PYCODE_CLASSES``):
+        the three boolean labels, "in-brackets" (depth > 0) and "indented" (level > 0)."""
+        return {"in-string": np.asarray(self.in_string, dtype=bool),
+                "in-comment": np.asarray(self.in_comment, dtype=bool),
+                "keyword": np.asarray(self.keyword, dtype=bool),
+                "in-brackets": np.asarray(self.bracket_depth) > 0,
+                "indented": np.asarray(self.indent_level) > 0}
 
     @staticmethod
     def empty(n: int) -> "TokenLabels":

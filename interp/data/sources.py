@@ -14,6 +14,7 @@ in the model's vocabulary, ``0 <= id < d_vocab``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import queue
@@ -92,6 +93,27 @@ def contexts_range(source: TokenSource, n_ctx: int, start: int = 0,
     it = jump(n_ctx, start) if jump is not None else \
         itertools.islice(source.contexts(n_ctx), start, None)
     return it if stop is None else itertools.islice(it, max(0, stop - start))
+
+
+def _labelled_split(split: str, tokenizer_path: Path):
+    """(token ids, TokenLabels) of a whole pycode split, labelled once per process and
+    tokenizer file: probing datasets, ground-truth evaluations and the app ask for several
+    properties of the same split, and labelling it takes seconds."""
+    stat = tokenizer_path.stat()
+    return _labelled_split_of(split, str(tokenizer_path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _labelled_split_of(split: str, tokenizer_path: str, _mtime: int, _size: int):
+    from interp.data import pycode
+    from interp.data.pycode_labels import label_texts
+
+    tok = _Tok(pycode.load_tokenizer(Path(tokenizer_path)))
+    ids, labels = label_texts(tok.t, [t for _, t in pycode.corpus_texts(split)], tok.eos)
+    ids.flags.writeable = False
+    for v in labels.as_dict().values():
+        v.flags.writeable = False
+    return ids, labels
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -291,11 +313,15 @@ class PycodeSource(TokenSource):
     def labels(self, n_ctx: int, start: int = 0, count: int | None = None):
         """Ground truth (``TokenLabels`` of shape (count, n_ctx)) of contexts
         start .. start+count-1 as :meth:`contexts` yields them; BOS gets zero labels."""
-        from interp.data import pycode
-        from interp.data.pycode_labels import TokenLabels, label_texts
+        return self.labelled_contexts(n_ctx, start, count)[1]
 
-        ids, labels = label_texts(self.tok.t, [t for _, t in pycode.corpus_texts(self.split)],
-                                  self.tok.eos)
+    def labelled_contexts(self, n_ctx: int, start: int = 0, count: int | None = None):
+        """(contexts (count, n_ctx) int64, their ``TokenLabels``): contexts start ..
+        start+count-1 as :meth:`contexts` yields them, from the split tokenized and labelled
+        once per process (no second pass over the corpus)."""
+        from interp.data.pycode_labels import TokenLabels
+
+        ids, labels = _labelled_split(self.split, self.tokenizer_path)
         body = n_ctx - 1
         available = len(ids) // body
         count = available - start if count is None else count
@@ -304,9 +330,11 @@ class PycodeSource(TokenSource):
                             f" split holds {available} contexts of {n_ctx} tokens")
         rows = labels[start * body:(start + count) * body]
         bos = TokenLabels.empty(count)
-        return TokenLabels(**{k: np.concatenate([getattr(bos, k)[:, None],
-                                                 getattr(rows, k).reshape(count, body)], 1)
-                              for k in bos.as_dict()})
+        ctx = np.concatenate([np.full((count, 1), self.tok.bos, dtype=np.int64),
+                              ids[start * body:(start + count) * body].reshape(count, body)], 1)
+        return ctx.astype(np.int64), TokenLabels(**{
+            k: np.concatenate([getattr(bos, k)[:, None], getattr(rows, k).reshape(count, body)],
+                              1) for k in bos.as_dict()})
 
 
 class HFDatasetSource(TokenSource):

@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interp.data.pycode_labels import PYCODE_CLASSES
 from interp.errors import DataError, unknown
 from interp.hooks import flat_units, sae_hook
 
 PROBE_OTHELLO_SEED = 424_242
 OTHELLO_KINDS = ("empty", "mine", "theirs", "legal", "flipped")
-PYCODE_PROPS = ("in-string", "in-comment", "keyword", "in-brackets", "indented")
+PYCODE_PROPS = PYCODE_CLASSES
 
 
 @dataclass
@@ -102,19 +103,10 @@ def _pycode(name: str, n: int, n_ctx: int = 64) -> ProbeDataset:
     from interp.data.sources import PycodeSource
 
     prop = name[len("pycode-"):]
-    src = PycodeSource(split="test")
-    ctx = np.stack([c for _, c in zip(range(n), src.contexts(n_ctx))])
-    lab = src.labels(n_ctx, 0, len(ctx))
-    if prop == "in-string":
-        y = lab.in_string
-    elif prop == "in-comment":
-        y = lab.in_comment
-    elif prop == "keyword":
-        y = lab.keyword
-    elif prop == "in-brackets":
-        y = lab.bracket_depth > 0
-    elif prop == "indented":
-        y = lab.indent_level > 0
+    ctx, lab = PycodeSource(split="test").labelled_contexts(n_ctx, 0, n)
+    classes = lab.binary_classes()
+    if prop in classes:
+        y = classes[prop]
     elif prop == "indent-level":
         y = np.minimum(lab.indent_level, 4)
     elif prop.startswith("indent-") and prop[7:].isdigit():

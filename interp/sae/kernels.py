@@ -377,13 +377,16 @@ _EXT_TRIED = False
 
 
 def _cpu_tag(flags: list[str]) -> str:
-    """The compiled kernels use -march=native: one build per CPU model, flag set and source."""
+    """The compiled kernels use -march=native: one build per CPU model, flag set and source,
+    and per environment (``sys.prefix``): the build file names the include paths of this
+    environment's torch, so two virtualenvs sharing one build folder would rebuild it in
+    turn, each start of the other's processes costing a compile."""
     try:
         with open("/proc/cpuinfo") as f:
             info = "".join(line for line in f if line.startswith(("model name", "flags")))
     except OSError:
         info = platform.processor()
-    key = info + _CPP + torch.__version__ + " ".join(flags)
+    key = info + _CPP + torch.__version__ + " ".join(flags) + sys.prefix
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 

@@ -71,9 +71,7 @@ def ground_truth(model_name: str, n_contexts: int = 64, n_ctx: int = 64
         it = src.contexts(n_ctx)
         ctx = np.stack([next(it) for _ in range(n_contexts)])
         lab = src.labels(n_ctx, 0, len(ctx))
-        props = {"pycode-in-string": lab.in_string, "pycode-in-comment": lab.in_comment,
-                 "pycode-keyword": lab.keyword, "pycode-in-brackets": lab.bracket_depth > 0,
-                 "pycode-indented": lab.indent_level > 0}
+        props = {f"pycode-{k}": v for k, v in lab.binary_classes().items()}
         for level in range(1, 5):
             props[f"pycode-indent-{level}"] = lab.indent_level == level
         names = list(props)
