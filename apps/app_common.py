@@ -27,6 +27,7 @@ PAGES = {
     "graphs": ("app_pages/graphs.py", "Graphs", ":material/account_tree:"),
     "probes": ("app_pages/probes.py", "Probes", ":material/target:"),
     "ablations": ("app_pages/ablations.py", "Ablations", ":material/content_cut:"),
+    "evals": ("app_pages/evals.py", "Evals", ":material/fact_check:"),
 }
 EMBEDDED = ("othello", "pycode")
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from interp.errors import InterpError, UsageError
+from interp.errors import DataError, InterpError, UsageError
 
 
 def _cmd_harvest(args: argparse.Namespace) -> None:
@@ -349,6 +349,111 @@ def _eval_parser(sub) -> None:
                    "given as --store)")
     _add_force(p)
     p.set_defaults(func=_cmd_eval)
+
+
+def _evals_targets(args: argparse.Namespace) -> list:
+    """Every dictionary resolved, checked and given its output folder before any work:
+    the evaluations that apply to its model (a named one that does not is refused; a
+    default one is skipped with its reason)."""
+    from interp.evals.suite import DEFAULT_EVALS, EVALS, Target, applies, check_options
+    from interp.outputs import eval_folder
+    from interp.runs import resolve_sae
+
+    which = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else None
+    for w in which or []:
+        if w not in EVALS:
+            raise UsageError(f"--only {w!r}: valid evaluations are {', '.join(EVALS)}")
+    chosen = which or list(DEFAULT_EVALS) + (["llm"] if args.llm_url else [])
+    check_options(chosen, args.llm_url, args.llm_model)
+    if len(args.sae) > 1 and args.out:
+        outs = [Path(args.out) / s.rstrip("/").replace("/", "__") for s in args.sae]
+    else:
+        outs = [eval_folder(s, args.out, args.run) for s in args.sae]
+    targets = []
+    for spec, out in zip(args.sae, outs):
+        resolved = resolve_sae(spec, args.run)
+        if out is None:
+            raise UsageError(f"{spec} is a shipped dictionary, whose files are not rewritten: "
+                             f"give --out FOLDER or --run RUN (writes RUN/evals/NAME)")
+        model_name = (resolved.sae.cfg.metadata or {}).get("model_name")
+        if not model_name:
+            raise UsageError(f"{spec} does not record its model: evaluations need it")
+        why = {w: applies(w, model_name, None) for w in chosen}
+        refused = {w: r for w, r in why.items() if r and which}
+        if refused:
+            w, r = next(iter(refused.items()))
+            raise DataError(f"{spec}: {r}")
+        targets.append(Target(spec, resolved.short_name, resolved.sae, model_name, out,
+                              [w for w in chosen if not why[w]],
+                              {w: r for w, r in why.items() if r}, named=bool(which)))
+    return targets
+
+
+def _cmd_evals(args: argparse.Namespace) -> None:
+    from contextlib import ExitStack
+
+    from interp.evals.suite import EVALS_FILE, comparison_rows, owns_evals_file, run_target
+    from interp.models import load
+    from interp.outputs import Plan, claim
+    from interp.provenance import check_dictionary
+
+    targets = _evals_targets(args)
+    options = {"llm": {"llm_url": args.llm_url, "llm_model": args.llm_model,
+                       "api_key": args.api_key, "n_latents": args.llm_latents}}
+    for name in ("probing", "absorption", "ground_truth", "llm"):
+        options.setdefault(name, {})["seed"] = args.seed
+    models: dict[str, object] = {}
+    with ExitStack() as stack:  # every output checked and locked before any work
+        for t in targets:
+            path = t.out / EVALS_FILE
+            stack.enter_context(claim(Plan(path, False, files={path: owns_evals_file}),
+                                      force=args.force))
+        docs = {}
+        for t in targets:
+            if t.model_name not in models:
+                models[t.model_name] = load(t.model_name).requires_grad_(False)
+            check_dictionary(t.sae, name=t.spec, model=models[t.model_name],
+                             model_name=t.model_name)
+            for w, why in t.skipped.items():
+                print(f"{t.name}: {w} skipped: {why}")
+            docs[t.name] = run_target(t, models[t.model_name], options)
+            print(f"wrote {t.out / EVALS_FILE}")
+    if len(docs) > 1:
+        names = list(docs)
+        print("\n| evaluation | metric | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for row in comparison_rows(docs):
+            cells = [row.get(n) for n in names]
+            print(f"| {row['evaluation']} | {row['metric']} | " + " | ".join(
+                "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+                for v in cells) + " |")
+
+
+def _evals_parser(sub) -> None:
+    p = sub.add_parser("evals", help="evaluate dictionaries against ground truth (and an LLM)",
+                       description="Sparse probing (SAEBench's and sae-probes' protocols), "
+                       "feature absorption (pycode's first-letter task), ground-truth "
+                       "matching of every latent (the embedded models' labels) and, with an "
+                       "OpenAI-compatible endpoint, LLM explanations scored by detection and "
+                       "fuzzing. Results go to evals.json beside the dictionary (a shipped "
+                       "one: --out or --run RUN), one entry per evaluation, and the app's "
+                       "Evals page compares dictionaries side by side.")
+    p.add_argument("sae", nargs="+", help="dictionaries: folders, shipped names (see "
+                   "`interp saes`) or folder names in RUN/saes; SAEs or transcoders")
+    p.add_argument("--only", default=None, help="comma-separated: probing, absorption, "
+                   "ground_truth, llm (default: the first three, and llm with --llm-url)")
+    p.add_argument("--run", default=None, help="a run folder: names in RUN/saes, and "
+                   "RUN/evals/NAME for shipped dictionaries")
+    p.add_argument("--out", default=None, help="folder for evals.json (several "
+                   "dictionaries: OUT/NAME each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-url", default=None, help="an OpenAI-compatible endpoint, e.g. "
+                   "http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (Ollama)")
+    p.add_argument("--llm-model", default=None, help="the model name the endpoint serves")
+    p.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY, if set")
+    p.add_argument("--llm-latents", type=int, default=50, help="latents explained and scored")
+    _add_force(p)
+    p.set_defaults(func=_cmd_evals)
 
 
 def _feature_readout(spec: str):
@@ -871,7 +976,7 @@ def _add_force(p: argparse.ArgumentParser) -> None:
                    "are not what this command writes (never needed to resume)")
 
 
-PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _export_tracer_parser, _graph_parser, _saes_parser, _app_parser)
+PARSERS = (_harvest_parser, _info_parser, _model_parser, _demo_parser, _train_parser, _eval_parser, _evals_parser, _circuit_parser, _probe_parser, _ablate_parser, _features_parser, _export_tracer_parser, _graph_parser, _saes_parser, _app_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
