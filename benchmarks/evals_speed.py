@@ -68,7 +68,8 @@ def main() -> None:
         for r in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 wall, doc = timed_command(sae, Path(tmp))
-            parts = ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in doc["evals"].items())
+            parts = ", ".join([f"{k} {v['seconds']:.1f} s" for k, v in doc["evals"].items()]
+                              + [f"{k} skipped" for k in doc.get("skipped", {})])
             print(f"{sae}: {wall:.1f} s in all ({parts}); {wall / BUDGET_S:.2f}x the "
                   f"{BUDGET_S:.0f} s budget")
         print(f"  reference: forward + encode of 256 contexts {forward_reference(sae):.2f} s")
