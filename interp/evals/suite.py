@@ -129,7 +129,7 @@ def run_target(target: Target, model, options: dict[str, dict],
         doc["skipped"].pop(name, None)
         write_evals(target.out, doc)
         report(f"{target.name}: {name} done in {time.perf_counter() - t0:.1f} s: "
-               f"{summary_line(result['summary'])}")
+               f"{summary_line(result['summary'], name)}")
     return doc
 
 
@@ -149,10 +149,22 @@ def _jsonable(v):
     raise TypeError(f"{type(v).__name__} is not JSON serialisable")
 
 
-def summary_line(summary: dict, n: int = 6) -> str:
-    """The first ``n`` summary metrics on one line."""
+# the metrics a line of progress shows for each evaluation (all of them are in evals.json)
+HEADLINES = {"probing": ("saebench_accuracy_k1", "saebench_accuracy_k5", "sae_probes_auc_k16",
+                         "properties"),
+             "absorption": ("mean_absorption_fraction", "mean_full_absorption_rate",
+                            "n_letters"),
+             "ground_truth": ("frac_alive_f1_ge_0.5", "frac_alive_f1_ge_0.8",
+                              "properties_covered_f1_ge_0.5", "alive_latents"),
+             "llm": ("detection", "fuzzing", "n_scored_detection", "n_failures")}
+
+
+def summary_line(summary: dict, name: str | None = None, n: int = 6) -> str:
+    """An evaluation's headline metrics (else the first ``n``) on one line."""
+    keys = [k for k in HEADLINES.get(name, ()) if k in summary] or list(summary)[:n]
     parts = []
-    for k, v in list(summary.items())[:n]:
+    for k in keys:
+        v = summary[k]
         parts.append(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}")
     return ", ".join(parts)
 
