@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from interp.errors import DataError, InterpError, UsageError
+from interp.errors import InterpError, UsageError
 
 
 def _cmd_harvest(args: argparse.Namespace) -> None:
@@ -355,9 +355,8 @@ def _evals_targets(args: argparse.Namespace) -> list:
     """Every dictionary resolved, checked and given its output folder before any work:
     the evaluations that apply to its model (a named one that does not is refused; a
     default one is skipped with its reason)."""
-    from interp.evals.suite import DEFAULT_EVALS, EVALS, Target, applies, check_options
+    from interp.evals.suite import DEFAULT_EVALS, EVALS, check_options, make_target
     from interp.outputs import eval_folder
-    from interp.runs import resolve_sae
 
     which = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else None
     for w in which or []:
@@ -369,24 +368,8 @@ def _evals_targets(args: argparse.Namespace) -> list:
         outs = [Path(args.out) / s.rstrip("/").replace("/", "__") for s in args.sae]
     else:
         outs = [eval_folder(s, args.out, args.run) for s in args.sae]
-    targets = []
-    for spec, out in zip(args.sae, outs):
-        resolved = resolve_sae(spec, args.run)
-        if out is None:
-            raise UsageError(f"{spec} is a shipped dictionary, whose files are not rewritten: "
-                             f"give --out FOLDER or --run RUN (writes RUN/evals/NAME)")
-        model_name = (resolved.sae.cfg.metadata or {}).get("model_name")
-        if not model_name:
-            raise UsageError(f"{spec} does not record its model: evaluations need it")
-        why = {w: applies(w, model_name, None) for w in chosen}
-        refused = {w: r for w, r in why.items() if r and which}
-        if refused:
-            w, r = next(iter(refused.items()))
-            raise DataError(f"{spec}: {r}")
-        targets.append(Target(spec, resolved.short_name, resolved.sae, model_name, out,
-                              [w for w in chosen if not why[w]],
-                              {w: r for w, r in why.items() if r}, named=bool(which)))
-    return targets
+    return [make_target(spec, out, chosen, bool(which), args.run)
+            for spec, out in zip(args.sae, outs)]
 
 
 def _cmd_evals(args: argparse.Namespace) -> None:

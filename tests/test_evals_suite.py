@@ -115,10 +115,23 @@ def test_a_default_evaluation_the_data_cannot_support_is_skipped(tmp_path, monke
     refuse(["evals", sae, "--out", tmp_path / "b", "--only", "absorption"], "first letter")
 
 
+def small_evals(monkeypatch) -> None:
+    """Ground truth and probing at test sizes, wherever they are called from."""
+    from interp.evals import ground_truth, probing
+
+    for module, small in ((ground_truth, {"n_contexts": 8}),
+                          (probing, {"n_contexts": 16, "properties": ["othello-empty-c5",
+                                                                      "othello-mine-d3"]})):
+        real = module.run
+        monkeypatch.setattr(module, "run",
+                            lambda *a, _r=real, _s=small, **k: _r(*a, **{**k, **_s}))
+
+
 def test_evals_page_compares_dictionaries(monkeypatch, app_run, tmp_path):
-    """The app's Evals page on a copy of the app run with real (small) results: the run's
-    SAE in its folder, a shipped SAE under RUN/evals/NAME; the side-by-side table, the
-    figures, and best-matched latents linked to the run SAE's feature pages."""
+    """The app's Evals page on a copy of the app run: the run's SAE evaluated from the page
+    (written beside its weights), a shipped SAE's results under RUN/evals/NAME; the
+    side-by-side table, the figures, and best-matched latents linked to the run SAE's
+    feature pages."""
     from test_app import app, ok
 
     from interp.evals import ground_truth, probing
@@ -127,21 +140,28 @@ def test_evals_page_compares_dictionaries(monkeypatch, app_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(app_run, run)
-    model = load("othello").requires_grad_(False)
-    shipped = "othello/blocks.3.hook_resid_post/relu"
-    for spec, out in ((str(run / "saes" / "topk"), run / "saes" / "topk"),
-                      (shipped, run / "evals" / shipped.replace("/", "__"))):
-        sae = resolve_sae(spec).sae
-        t = suite.Target(spec, spec, sae, "othello", out, [])
-        doc = suite.document(t, None)
-        doc["evals"]["ground_truth"] = ground_truth.run(model, sae, "othello", n_contexts=8)
-        doc["evals"]["probing"] = probing.run(model, sae, "othello", n_contexts=16,
-                                              properties=["othello-empty-c5",
-                                                          "othello-mine-d3"])
-        out.mkdir(parents=True, exist_ok=True)
-        suite.write_evals(out, doc)
+    small_evals(monkeypatch)
     at = ok(app(monkeypatch, run, "evals"))
-    assert set(at.multiselect(key="evals_chosen").value) == {"topk", shipped}
+    assert "No evaluation results" in at.info[0].value
+    at.selectbox(key="evals_run_pick").set_value("topk")
+    at.button(key="evals_run").click().run()
+    ok(at)
+    doc = suite.read_evals(run / "saes" / "topk")
+    assert set(doc["evals"]) == {"probing", "ground_truth"} and "absorption" in doc["skipped"]
+    shipped = "othello/blocks.3.hook_resid_post/relu"
+    sae = resolve_sae(shipped).sae
+    out = run / "evals" / shipped.replace("/", "__")
+    doc = suite.document(suite.Target(shipped, shipped, sae, "othello", out, []), None)
+    model = load("othello").requires_grad_(False)
+    doc["evals"]["ground_truth"] = ground_truth.run(model, sae, "othello")
+    doc["evals"]["probing"] = probing.run(model, sae, "othello")
+    out.mkdir(parents=True)
+    suite.write_evals(out, doc)
+    at.run()
+    ok(at)
+    assert shipped in at.multiselect(key="evals_chosen").options
+    at.multiselect(key="evals_chosen").set_value(["topk", shipped]).run()
+    ok(at)
     table = at.dataframe[0].value
     assert {"topk", shipped} <= set(table.columns)
     assert ("probing", "saebench_accuracy_k1") in set(table.index)
@@ -150,3 +170,4 @@ def test_evals_page_compares_dictionaries(monkeypatch, app_run, tmp_path):
     assert len(at.get("plotly_chart")) == 2
     labels = [p.proto.label for p in at.get("page_link")]
     assert any(label.startswith("latent ") and ": othello-" in label for label in labels)
+    assert any("absorption not run" in c.value for c in at.caption)

@@ -6,19 +6,56 @@ import pandas as pd
 import streamlit as st
 
 import app_common as C
+from interp.errors import InterpError
 from interp.evals.suite import comparison_rows
 from interp.viz.evals import (absorption_figure, evals_folders, ground_truth_figure,
                               llm_figure, load_docs, probing_figure)
+
+def evaluate_here(run, infos) -> None:
+    """Run the default evaluations of one dictionary from the page (inference only, under a
+    minute for a 2,048-latent SAE): a run's SAE writes beside its weights, a shipped one
+    into RUN/evals/NAME, as ``interp evals NAME --run RUN`` does."""
+    from interp.evals.suite import DEFAULT_EVALS, EVALS_FILE, make_target, owns_evals_file, \
+        run_target
+    from interp.outputs import Plan, claim, eval_folder
+
+    with st.expander("run the evaluations of a dictionary (probing, absorption, ground "
+                     "truth; `interp evals` adds an LLM's explanations)",
+                     expanded=not folders):
+        if not run.exists():
+            st.caption(f"No run folder at {run}: results are written into the run "
+                       f"(`interp evals NAME --out FOLDER` writes them anywhere).")
+            return
+        c = st.columns([4, 1])
+        names = [i.name for i in infos if i.folder is not None]
+        pick = c[0].selectbox("dictionary", names, key="evals_run_pick")
+        if not c[1].button("evaluate", type="primary", key="evals_run"):
+            return
+        info = next(i for i in infos if i.name == pick)
+        try:
+            t = make_target(info.spec, eval_folder(info.spec, None, str(run)),
+                            list(DEFAULT_EVALS), False, run)
+            path = t.out / EVALS_FILE
+            with claim(Plan(path, False, files={path: owns_evals_file})), \
+                    st.status(f"evaluating {pick}", expanded=True) as status:
+                run_target(t, C.model(t.model_name), {}, report=st.write)
+                status.update(label=f"evaluated {pick}: {path}", state="complete")
+        except InterpError as e:
+            C.show_error(e)
+            return
+        st.rerun()
+
 
 st.title("Evals")
 run = C.run_path()
 model_name = C.model_context(run)
 infos = C.sae_infos(run, model_name)
 folders = evals_folders(run if run.exists() else None, infos)
+evaluate_here(run, infos)
 if not folders:
     st.info(f"No evaluation results for {model_name}'s dictionaries yet: `interp evals "
             f"RUN/saes/NAME` writes them beside a run's SAE, `interp evals SHIPPED_NAME --run "
-            f"{run}` into {run}/evals/.")
+            f"{run}` into {run}/evals/ (or evaluate one above).")
     st.stop()
 names = list(folders)
 chosen = st.multiselect("dictionaries", names, default=names[:6], key="evals_chosen")

@@ -89,6 +89,30 @@ class Target:
     named: bool = False       # the evaluations were named (--only): one that cannot run fails
 
 
+def make_target(spec: str, out: Path | None, chosen: list[str], named: bool,
+                run: str | Path | None = None) -> Target:
+    """``spec`` resolved (a folder, a shipped name, a name in RUN/saes) with the evaluations
+    of ``chosen`` that apply to its model; one that does not is refused when the user
+    ``named`` it, else skipped with its reason. ``out`` None: the dictionary is shipped and
+    no other place was given (refused: its files are not rewritten)."""
+    from interp.runs import resolve_sae
+
+    resolved = resolve_sae(spec, run)
+    if out is None:
+        raise UsageError(f"{spec} is a shipped dictionary, whose files are not rewritten: "
+                         f"give --out FOLDER or --run RUN (writes RUN/evals/NAME)")
+    model_name = (resolved.sae.cfg.metadata or {}).get("model_name")
+    if not model_name:
+        raise UsageError(f"{spec} does not record its model: evaluations need it")
+    why = {w: applies(w, model_name, None) for w in chosen}
+    refused = [r for r in why.values() if r and named]
+    if refused:
+        raise DataError(f"{spec}: {refused[0]}")
+    return Target(spec, resolved.short_name, resolved.sae, model_name, Path(out),
+                  [w for w in chosen if not why[w]], {w: r for w, r in why.items() if r},
+                  named=named)
+
+
 def document(target: Target, previous: dict | None) -> dict:
     """The evals document for ``target``, keeping ``previous`` results of the same weights."""
     from interp.hooks import sae_hook
