@@ -12,4 +12,7 @@ dictionary raises ``interp.errors.DataError`` with one line saying why and what 
 - ``ground_truth``: each alive latent's best-matching built-in property (precision,
   recall, F1);
 - ``llm``: explain-then-score through an OpenAI-compatible endpoint (detection, fuzzing).
+
+``suite`` decides which apply to a dictionary, runs them (``interp evals``, the app's Evals
+page) and keeps the results in ``evals.json`` beside the dictionary.
 """
