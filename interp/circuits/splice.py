@@ -214,7 +214,10 @@ class SplicedModel:
             freeze = lambda t, hook: t.detach()  # noqa: E731
             fwd += [(h, freeze) for h in self.model.hook_dict
                     if h.endswith("attn.hook_pattern") or h.endswith("hook_scale")]
-        with torch.set_grad_enabled(track_grads or graph):
+        # inference_mode(False): gradients through the splice even when the caller's thread
+        # is in inference mode (set_grad_enabled alone cannot leave it); seen once in the
+        # app's server under load, where a circuit's metric came back without a graph
+        with torch.inference_mode(False), torch.set_grad_enabled(track_grads or graph):
             result.logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd,
                                                       stop_at_layer=stop_at_layer)
         return result
