@@ -9,12 +9,12 @@ per (dictionaries, block, latent) (``st.cache_data``). The logic lives in
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
 
 import app_common as C
+from interp.distributed import torch_threads
 
 SAMPLE = {"othello": 128, "pycode": 64}  # contexts of the model's own data per feature card
 
@@ -94,25 +94,12 @@ def feature_card(model_name: str, specs: tuple[str, ...], block: str, latent: in
     out["n_contexts"] = 0
     if ctx is not None:
         vocab = token_names(model_name, range(m.cfg.d_vocab))
-        with one_thread():
+        with torch_threads(1):  # the browser drawing the selection needs the other core
             out["examples"] = top_activations(m, gd.blocks, block, latent, ctx, vocab, k=5)
         out["n_contexts"] = int(ctx.shape[0])
     return out
 
 
-@contextmanager
-def one_thread():
-    """torch on one thread for a small job: the card's forward passes take a fraction of a
-    second either way, and on a small machine the browser drawing the selection needs the
-    other core (torch on every core made a click on the 5,000-node graph ~1 s slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def store_info(run: Path, model_name: str, spec: str | None):

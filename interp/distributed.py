@@ -15,9 +15,10 @@ others waiting at the next barrier until a timeout.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,3 +137,20 @@ def rank_device(device: str, w: World) -> str:
 
 def host() -> str:
     return socket.gethostname()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Inside: torch on ``n`` threads (restored after). For small jobs (the tiny models'
+    forward passes, probes over a few thousand rows, a feature card): a thread pool spends
+    their time waking and synchronising threads, measured up to 25x slower on two busy
+    cores than on one, and a job on one thread leaves the other core to the browser or
+    the rest of the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -68,11 +68,9 @@ Shapes: N tokens (rows), d = d_in of the hook, m = d_sae latents, L letters, k l
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import string
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -502,20 +500,12 @@ def check_applies(model, sae, model_name: str | None) -> str:
     return name
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Inside: torch on one thread. Every array here is small (a 4-layer model on 16-token
-    contexts, probes over a few thousand tokens), so a thread pool spends its time waking
-    and synchronising threads: on the busy two-core machine this was written on, the
-    ranking probe of a 400 x 30 test took 0.04 s on one thread and 4 s on two, and a whole
-    run 4-6 s on one and 4-12 s on two. (``interp.evals.probing.lean_compute`` found the
-    same; the two belong in one place.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def one_thread():
+    """torch on one thread: every array here is small (``interp.distributed.torch_threads``;
+    the ranking probe of a 400 x 30 test took 0.04 s on one thread, 4 s on two busy ones)."""
+    from interp.distributed import torch_threads
+
+    return torch_threads(1)
 
 
 def enough_tokens(data: LetterData, cfg: AbsorptionConfig) -> tuple[list[str], dict]:

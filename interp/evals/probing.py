@@ -239,13 +239,11 @@ def lean_compute() -> Iterator[None]:
     ours and fixed, and finiteness is checked once by ``check_finite``."""
     import sklearn
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    from interp.distributed import torch_threads
+
+    with torch_threads(1), sklearn.config_context(assume_finite=True,
+                                                   skip_parameter_validation=True):
+        yield
 
 
 def check_finite(acts_NTM: torch.Tensor) -> None:
