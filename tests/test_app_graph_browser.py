@@ -224,12 +224,8 @@ def test_graph_view_in_chromium(server, browser, graph_run):
     second = re.search(r"\((\S+)\) ·", sel).group(1)
     pg.wait_for_function(RINGED, arg=[second, 0])   # the run after: its ring and edges
     settle(pg)
+    second_label = re.match(r"Selected: (.*) \(", sel).group(1)
     pg.get_by_role("button", name="pin this node").click()
-    settle(pg)
-    # a note on it
-    note = pg.get_by_label("note on this node")
-    note.fill("strongest input of the pinned feature")
-    pg.get_by_role("button", name="save note").click()
     settle(pg)
 
     # a supernode: the clicked feature and the two next features of layer 0
@@ -256,7 +252,6 @@ def test_graph_view_in_chromium(server, browser, graph_run):
     assert len(marks["supernodes"][0]["members"]) == 3
     assert target["id"] in marks["supernodes"][0]["members"]
     assert marks["pinned"] == [target["id"], second] and second not in members_of(marks)
-    assert marks["notes"] == {second: "strongest input of the pinned feature"}
     wait_drawn(pg, "super|layer-0 group")
     drawn = plot_nodes(pg)
     assert target["id"] not in drawn["ids"]
@@ -276,6 +271,17 @@ def test_graph_view_in_chromium(server, browser, graph_run):
     drawn = plot_nodes(pg)
     assert set(drawn["ids"]) == {second, "super|layer-0 group"}
     shot(pg, "11_graph_pinned")
+    # a note on the pinned input (last: saving a note redraws the figure's hover texts, and
+    # a click on the plot while plotly mounts that figure can be lost; see the README)
+    choose(pg, "selected node", second_label)
+    pg.wait_for_function(RINGED, arg=[second, 0])
+    settle(pg)
+    pg.get_by_label("note on this node").fill("strongest input of the pinned feature")
+    pg.get_by_role("button", name="save note").click()
+    settle(pg)
+    no_exception(pg)
+    assert annotations(load_graph(path))["notes"] == {second: "strongest input of the pinned "
+                                                              "feature"}
     pg.close()
 
     # a new session: the file's pins, supernode and note come back
