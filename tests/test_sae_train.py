@@ -103,3 +103,20 @@ def test_compiled_loss_trains_like_the_eager_one(sparse_store, tmp_path):
     compiled = train_sae(config(sparse_store, tmp_path / "compiled", steps=30, compile=True),
                          progress=False)
     assert compiled["eval"]["fvu"] == pytest.approx(eager["eval"]["fvu"], rel=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batch_topk_threshold_is_measured_at_the_final_weights(arch, sparse_store, tmp_path):
+    from interp.activations.store import open_store
+
+    # 100 steps with the default momentum (an average over the last ~100): the cut-off
+    # drifts all along, so an average over the steps infers at a lower L0 than k
+    res = train_sae(config(sparse_store, tmp_path / arch, arch, steps=100, k=8,
+                           warmup_steps=0), progress=False)
+    sae = load_sae(tmp_path / arch).eval()
+    store = open_store(sparse_store)
+    train_rows = next(store.batches(4096, store.hooks[0], shuffle=False,
+                                    row_range=(0, store.n_rows - 2048)))
+    with torch.no_grad():
+        l0 = float((sae.inference_codes(train_rows).acts > 0).sum(1).float().mean())
+    assert l0 == pytest.approx(8, rel=0.05), (l0, res["eval"]["l0"])

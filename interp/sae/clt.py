@@ -142,6 +142,10 @@ class CrossLayerTranscoder(nn.Module):
     def synced_buffers(self) -> list[torch.Tensor]:
         return [b for enc in self.encoders for b in enc.synced_buffers()]
 
+    def restart_running_statistics_(self) -> None:
+        for enc in self.encoders:
+            enc.restart_running_statistics_()
+
     def normalize_decoder(self) -> None:
         for enc in self.encoders:
             enc.normalize_decoder()

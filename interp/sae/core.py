@@ -511,6 +511,12 @@ class SparseAutoencoder(nn.Module):
         inference threshold)."""
         return [self.threshold] if self.architecture.batch_topk else []
 
+    def restart_running_statistics_(self) -> None:
+        """Forget the running average of the batch cut-offs: the next training-mode forward
+        passes set the inference threshold to their plain mean (see ``_update_threshold``)."""
+        if self.architecture.batch_topk:
+            self.threshold_updates.zero_()
+
     @property
     def input_scale(self) -> float:
         return float(self.activation_scale)
