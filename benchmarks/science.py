@@ -5,9 +5,9 @@
 Every section is a function ``section_NAME(args) -> {"table": markdown, "claims": [{claim,
 paper, ours, holds}], "results": JSON-able}``; ``main`` prints each section's table and its
 claim rows ("our figure | the paper's statement | holds?") and writes all results to one
-JSON file. The sections of ``benchmarks/science_claims.py`` (matryoshka, layers), when that
-file is present, run from here too. ``--quick`` is a smoke run of a few minutes at tiny
-budgets: its figures say nothing about the claims.
+JSON file. The sections of ``benchmarks/science_claims.py`` (matryoshka, layers) and
+``benchmarks/science_e2e.py`` (e2e) run from here too. ``--quick`` is a smoke run of a few
+minutes at tiny budgets: its figures say nothing about the claims.
 
 Section ``htk``: HierarchicalTopK (Balagansky et al. 2025, "Train One Sparse Autoencoder
 Across Multiple Sparsity Budgets to Preserve Interpretability and Accuracy") against TopK
@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,16 +102,87 @@ def _train_job(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job.pop("threads"))
+    patch = job.pop("patch", None)
     out = Path(job["out"])
     if not (out / "metrics.json").exists():
-        train_sae(TrainConfig(**job, eval_every=10**9, checkpoint_every=500, log_every=100),
-                  progress=False)
+        with htk_patch(patch):
+            train_sae(TrainConfig(**job, eval_every=10**9, checkpoint_every=500,
+                                  log_every=100), progress=False)
     m = json.loads((out / "metrics.json").read_text())
     by_k = m.get("eval_by_k") or {str(job["k"]): without_density(m["eval"])}
     return {"arch": job["arch"], "k": job["k"], "steps": job["steps"], "out": str(out),
             "train_seconds": m["train_seconds"],
             "by_k": {int(k): {"fvu": v["fvu"], "dead": v["dead_fraction"]}
                      for k, v in by_k.items()}}
+
+
+@dataclass(frozen=True)
+class HTKVariant:
+    """One change from the main HierarchicalTopK SAE, to test one suspect for its gap."""
+
+    name: str
+    suspect: str
+    K: int = 32
+    patch: str | None = None  # a key of htk_patch
+
+
+HTK_VARIANTS = (
+    HTKVariant("K = 4", "the span: one SAE serving k' = 1..32 (K/d = 1/4); K = 4 spans "
+               "1..4", K=4),
+    HTKVariant("K = 8", "the span, as above", K=8),
+    HTKVariant("weights 1/k'", "the weighting: each k' term weighted 1/k' (mean 1), so small "
+               "budgets count more", patch="harmonic"),
+    HTKVariant("free decoder", "the normalisation: decoder rows not held at unit norm",
+               patch="free_decoder"),
+)
+
+
+def _harmonic_mse(sae, x, out, y=None):
+    """The hierarchical loss with each k' term weighted 1/k' (weights of mean 1): the
+    reference (dense) path, for ``htk_patch("harmonic")`` only."""
+    import torch
+
+    target = x if y is None else y
+    big_k = out.values.shape[1]
+    w = 1 / torch.arange(1, big_k + 1, dtype=x.dtype, device=x.device)
+    contrib = out.values.unsqueeze(-1) * sae.W_dec[out.indices]  # (B, K, d)
+    per_k = (contrib.cumsum(1) + sae.b_dec - target.unsqueeze(1)).square().sum(-1).mean(0)
+    return (per_k * w / w.mean()).mean()
+
+
+@contextmanager
+def htk_patch(name: str | None):
+    """A variant's one change to the SAE, for the training inside the block only."""
+    from unittest import mock
+
+    from interp.sae import core
+
+    if name is None:
+        yield
+    elif name == "harmonic":
+        with mock.patch.object(core.SparseAutoencoder, "hierarchical_mse", _harmonic_mse):
+            yield
+    elif name == "free_decoder":
+        with mock.patch.object(core.SAEConfig, "unit_norm_decoder",
+                               property(lambda cfg: False)):
+            yield
+    else:
+        raise ValueError(f"unknown HierarchicalTopK variant patch {name!r}")
+
+
+def variant_jobs(store: str, folder: Path, st: HTKSettings, threads: int) -> list[dict]:
+    """The TrainConfig fields (and patch) of every variant, at the longest budget."""
+    return [dict(store=store, d_sae=st.latents, batch_size=st.batch_size, seed=st.seed,
+                 threads=threads, arch="hierarchical_topk", k=v.K, steps=max(st.budgets),
+                 patch=v.patch, out=str(folder / "variants" / _slug(v.name)))
+            for v in HTK_VARIANTS]
+
+
+def _slug(name: str) -> str:
+    """A folder name: "K = 4" -> "k_4"."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def htk_jobs(store: str, folder: Path, st: HTKSettings, threads: int) -> list[dict]:
@@ -166,12 +238,16 @@ def htk_model(work: Path, model: str, hook: str, st: HTKSettings, n_jobs: int) -
     t0 = time.time()
     store = htk_store(work, model, hook, st)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-    runs = run_jobs(htk_jobs(store, work / "htk" / model, st, threads), n_jobs)
+    folder = work / "htk" / model
+    jobs = htk_jobs(store, folder, st, threads) + variant_jobs(store, folder, st, threads)
+    runs = run_jobs(jobs, n_jobs)
+    variants = {v.name: r for v, r in zip(HTK_VARIANTS, runs[-len(HTK_VARIANTS):])}
+    runs = runs[:-len(HTK_VARIANTS)]
     last = max(st.budgets)
     diag = {f"{r['arch']}_k{r['k']}": top1_diagnostic(store, r["out"]) for r in runs
             if r["steps"] == last and (r["arch"] == "hierarchical_topk" or r["k"] == 1)}
     return {"model": model, "hook": hook, "store": store, "runs": runs, "top1": diag,
-            "seconds": time.time() - t0}
+            "variants": variants, "seconds": time.time() - t0}
 
 
 def gaps(res: dict, steps: int, st: HTKSettings) -> list[dict]:
@@ -226,6 +302,22 @@ def htk_claims(results: dict, st: HTKSettings) -> list[dict]:
     return claims
 
 
+def variant_rows(results: dict, st: HTKSettings) -> list[list]:
+    """One row per model, variant and k': its FVU, the gap to TopK trained at k' (longest
+    budget) and the share of latents that ever enter its top-k' code."""
+    last, rows = max(st.budgets), []
+    for model, res in results.items():
+        topk = {r["k"]: r["by_k"][r["k"]]["fvu"] for r in res["runs"]
+                if r["arch"] == "topk" and r["steps"] == last}
+        for name, run in res["variants"].items():
+            for k, v in sorted(run["by_k"].items()):
+                if k in topk:
+                    rows.append([model, name, k, f"{v['fvu']:.4f}",
+                                 f"{100 * (v['fvu'] / topk[k] - 1):+.1f}%",
+                                 f"{100 * (1 - v['dead']):.1f}"])
+    return rows
+
+
 def diagnostic_rows(results: dict) -> list[list]:
     """One row per diagnosed SAE: top-1 latents used and the k' = 1 floors."""
     rows = []
@@ -234,6 +326,51 @@ def diagnostic_rows(results: dict) -> list[list]:
             rows.append([model, name, d["top1_latents"], f"{d['encoder_top1_fvu']:.4f}",
                          f"{d['best_atom_fvu']:.4f}"])
     return rows
+
+
+VARIANT_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def htk_figure(results: dict, st: HTKSettings, path: Path) -> None:
+    """The comparison as an interactive figure: per model, FVU against k' (log-log) for
+    the HierarchicalTopK SAE's prefixes and the TopK SAEs trained at each k, every budget,
+    and the variants (top row); the share of latents that ever enter a top-k' code (bottom
+    row)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    models = list(results)
+    fig = make_subplots(rows=2, cols=len(models), shared_xaxes=True,
+                        subplot_titles=[f"{m}: FVU at k'" for m in models]
+                        + [f"{m}: latents ever in a top-k' code" for m in models])
+    for col, model in enumerate(models, start=1):
+        for steps in st.budgets:
+            dash = "solid" if steps == max(st.budgets) else "dot"
+            for name, key, colour in (("HierarchicalTopK (one SAE)", "htk", "#1f77b4"),
+                                      ("TopK (one SAE per k)", "topk", "#d62728")):
+                g = gaps(results[model], steps, st)
+                ks, label = [r["k"] for r in g], f"{name}, {steps:,} steps"
+                for row, ys in ((1, [r[f"{key}_fvu"] for r in g]),
+                                (2, [1 - r[f"{key}_dead"] for r in g])):
+                    fig.add_trace(go.Scatter(x=ks, y=ys, mode="lines+markers", name=label,
+                                             legendgroup=label, showlegend=(col, row) == (1, 1),
+                                             line=dict(color=colour, dash=dash)), row, col)
+        for i, (name, run) in enumerate(results[model]["variants"].items()):
+            pts = sorted(run["by_k"].items())
+            label = f"HTK variant: {name}"
+            fig.add_trace(go.Scatter(x=[k for k, _ in pts], y=[v["fvu"] for _, v in pts],
+                                     mode="lines+markers", name=label, legendgroup=label,
+                                     showlegend=col == 1, line=dict(width=1, dash="dash",
+                                     color=VARIANT_COLOURS[i % len(VARIANT_COLOURS)])),
+                          1, col)
+        fig.update_xaxes(type="log", title_text="k'", row=2, col=col)
+        fig.update_xaxes(type="log", row=1, col=col)
+        fig.update_yaxes(type="log", title_text="FVU", row=1, col=col)
+        fig.update_yaxes(title_text="share of latents", range=[0, 1.02], row=2, col=col)
+    fig.update_layout(height=700, title="HierarchicalTopK (K = 32) against TopK trained at "
+                      "each k (benchmarks/science.py --only htk)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs="cdn")
 
 
 def section_htk(args: argparse.Namespace) -> dict:
@@ -251,19 +388,36 @@ def section_htk(args: argparse.Namespace) -> dict:
              "single atom of the decoder (a floor for any encoder)\n\n")
     text += table(["model", "SAE", "top-1 latents", "FVU (encoder's top-1)",
                    "FVU (best atom)"], diagnostic_rows(results))
+    text += (f"\n\nVariants, one change each from the HTK above, at {max(st.budgets):,} "
+             "steps (gap: to TopK trained at k'; the last column: latents ever in a top-k' "
+             "code)\n\n")
+    text += table(["model", "variant", "k'", "FVU", "gap", "in top-k' %"],
+                  variant_rows(results, st))
+    text += "\n\n" + "\n".join(f"- {v.name}: {v.suspect}" for v in HTK_VARIANTS)
+    quick = "_quick" if st != HTKSettings() else ""
+    figure = ROOT / "benchmarks" / "results" / f"science_htk{quick}.html"
+    htk_figure(results, st, figure)
+    text += f"\n\nFigure: {figure.relative_to(ROOT)}"
     return {"table": text, "claims": htk_claims(results, st),
             "results": {"settings": asdict(st), **results}}
 
 
 # ------------------------------------------------------------------ main
+CLAIM_MODULES = ("science_claims", "science_e2e")  # beside this file, each with SECTIONS
+
+
 def sections() -> dict:
-    """Every section by name: htk here, and science_claims.py's when that file exists."""
+    """Every section by name: htk here, and the ``SECTIONS`` of each claim module."""
+    import importlib
+
     found = {"htk": section_htk}
-    try:
-        import science_claims
-    except ImportError:
-        return found
-    return {**found, **getattr(science_claims, "SECTIONS", {})}
+    for name in CLAIM_MODULES:
+        try:
+            found.update(getattr(importlib.import_module(name), "SECTIONS", {}))
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the module is there but something it needs is not
+                raise
+    return found
 
 
 def main() -> None:
