@@ -130,24 +130,36 @@ HTK_VARIANTS = (
     HTKVariant("K = 4", "the span: one SAE serving k' = 1..32 (K/d = 1/4); K = 4 spans "
                "1..4", K=4),
     HTKVariant("K = 8", "the span, as above", K=8),
-    HTKVariant("weights 1/k'", "the weighting: each k' term weighted 1/k' (mean 1), so small "
-               "budgets count more", patch="harmonic"),
+    HTKVariant("k' in {1, 2, 4, ..., K}", "the weighting: the loss over k' = 1, 2, 4, 8, "
+               "16, 32 only (the paper's subset J), so k' = 1 weighs 1/6 instead of 1/32",
+               patch="powers_of_two"),
     HTKVariant("free decoder", "the normalisation: decoder rows not held at unit norm",
                patch="free_decoder"),
 )
 
 
-def _harmonic_mse(sae, x, out, y=None):
-    """The hierarchical loss with each k' term weighted 1/k' (weights of mean 1): the
-    reference (dense) path, for ``htk_patch("harmonic")`` only."""
-    import torch
+def powers_of_two(big_k: int) -> list[int]:
+    """1, 2, 4, ... up to K, and K."""
+    return sorted({2 ** i for i in range(big_k.bit_length()) if 2 ** i <= big_k} | {big_k})
+
+
+def _subset_mse(sae, x, out, y=None):
+    """The hierarchical loss over k' in {1, 2, 4, ..., K} only (the paper's subset J of
+    budgets), for ``htk_patch("powers_of_two")``: each term is the difference of two
+    prefix sums of the uniform kernel (the sum over k' <= j minus the sum over k' <= j-1),
+    so it costs a few kernel calls, no dense (B, K, d) tensor."""
+    from interp.sae.core import _HierarchicalMSE
 
     target = x if y is None else y
-    big_k = out.values.shape[1]
-    w = 1 / torch.arange(1, big_k + 1, dtype=x.dtype, device=x.device)
-    contrib = out.values.unsqueeze(-1) * sae.W_dec[out.indices]  # (B, K, d)
-    per_k = (contrib.cumsum(1) + sae.b_dec - target.unsqueeze(1)).square().sum(-1).mean(0)
-    return (per_k * w / w.mean()).mean()
+    def prefix_sum(j: int):
+        if j == 0:
+            return 0.0
+        return _HierarchicalMSE.apply(target, sae.b_dec, out.values[:, :j].contiguous(),
+                                      out.indices[:, :j].contiguous(), sae.W_dec)
+
+    js = powers_of_two(out.values.shape[1])
+    total = sum(prefix_sum(j) - prefix_sum(j - 1) for j in js)
+    return total / (out.values.shape[0] * len(js))
 
 
 @contextmanager
@@ -159,8 +171,8 @@ def htk_patch(name: str | None):
 
     if name is None:
         yield
-    elif name == "harmonic":
-        with mock.patch.object(core.SparseAutoencoder, "hierarchical_mse", _harmonic_mse):
+    elif name == "powers_of_two":
+        with mock.patch.object(core.SparseAutoencoder, "hierarchical_mse", _subset_mse):
             yield
     elif name == "free_decoder":
         with mock.patch.object(core.SAEConfig, "unit_norm_decoder",

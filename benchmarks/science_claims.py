@@ -19,12 +19,12 @@ figure, the paper's statement and whether it holds). Two sections, importable by
   (``interp.sae.release.RELEASE``: 2,048 latents, k 16, 600 steps x 4,096 rows of a 1.2M
   token harvest, seed 0, the default learning rate; Matryoshka with the shipped othello
   Matryoshka's prefixes 128, 512, 2048), plus the same at half the steps (does the ranking
-  still change with the budget?) and with seed 1 (is it within training noise?). Each
-  BatchTopK and Matryoshka is also evaluated with its inference threshold re-estimated at
-  the final weights, so that its L0 on training rows is TopK's k (``at_equal_l0``: the
-  trainer's running threshold lags and infers at a lower L0); the claims are judged on that
-  equal-L0 form of the main run, the other runs shown where they disagree. othello: the
-  shipped SAEs at ``blocks.3.hook_resid_post`` (L0 15-16 as trained).
+  still change with the budget?) and with seed 1 (is it within training noise?). BatchTopK
+  and Matryoshka infer with the threshold the trainer measures at the final weights
+  (``interp.sae.trainer.settle_threshold``), so their L0 on training rows is TopK's k; the
+  claims are judged on the main run, the other runs shown where they disagree. othello:
+  the shipped SAEs at ``blocks.3.hook_resid_post`` (L0 15-16 as trained, before the
+  trainer measured the threshold at the final weights).
 
 Each section returns {"table": markdown, "claims": [{claim, paper, ours, holds}], "results"}.
 Everything written goes under ``--work`` (default /tmp/sci2): the harvest, the SAEs, a
@@ -429,9 +429,8 @@ def pycode_runs(st: MatryoshkaSettings) -> list[tuple[str, int, int]]:
 
 def pycode_results(work: Path, st: MatryoshkaSettings) -> dict:
     """Train (or reuse) the three pycode SAEs of every run and evaluate each (``trained``);
-    beside each run the same SAEs with the threshold re-estimated at equal L0
-    (``at_equal_l0``); the absorption gate once; and the shipped pycode TopK (trained with
-    the same settings: its figures should match the TopK trained here)."""
+    the absorption gate once; and the shipped pycode TopK (trained with the same settings:
+    its figures should match the TopK trained here)."""
     from interp.models import load
     from interp.runs import load_pretrained
 
@@ -444,8 +443,6 @@ def pycode_results(work: Path, st: MatryoshkaSettings) -> dict:
         run = out["runs"][label] = trained(model, specs, store, folder, steps, seed, st)
         if "gate" not in out:
             out["gate"] = absorption_gate(model, run["topk"]["sae"], st)
-        out["runs"][f"{label}, threshold at L0 {specs['topk'].k}"] = at_equal_l0(
-            model, run, store, specs["topk"], st)
     for run in out["runs"].values():
         for r in run.values():
             r.pop("sae", None)
@@ -475,56 +472,6 @@ def trained(model, specs: dict, store: Path, folder: Path, steps: int, seed: int
         print(f"pycode {folder.name} {arch}: FVU {train['fvu']:.4f} L0 {train['l0']:.1f} "
               f"({time.time() - t0:.0f} s)", flush=True)
     return run
-
-
-def at_equal_l0(model, run: dict, store: Path, spec, st: MatryoshkaSettings) -> dict:
-    """The run's BatchTopK and Matryoshka with their inference threshold re-estimated from
-    the final weights (``calibrate_threshold_``), so that their L0 on training rows is the
-    k TopK keeps; TopK as it is. The running threshold the trainer keeps (an average of
-    the batches' cut-offs while the weights still move) lags: short runs infer at a far
-    lower L0 than k (pycode, 300 steps: 5.6 held-out), which would compare unequal L0."""
-    out = {"topk": run["topk"]}
-    for arch in ("batchtopk", "matryoshka"):
-        sae = run[arch]["sae"]
-        trained_at = float(sae.threshold)
-        calibrate_threshold_(sae, store, spec.hook, spec.k)
-        train = {**heldout_metrics(sae, store, spec.hook), "threshold": float(sae.threshold),
-                 "threshold_trained": trained_at,
-                 "l0_train_rows": train_rows_l0(sae, store, spec.hook)}
-        folder = Path(run[arch]["folder"])
-        out[arch] = {"train": train, **cached_evals(model, sae, folder, st, "at_equal_l0"),
-                     "folder": str(folder)}
-    return out
-
-
-@torch.no_grad()
-def calibrate_threshold_(sae, store: Path, hook: str, k: int, n_batches: int = 4) -> None:
-    """Set a batch-top-k SAE's inference threshold to the mean cut-off of batch top-k
-    (``interp.sae.core.batch_topk``, the training rule) over 4 x 4,096 shuffled training
-    rows at the final weights: what the running average estimates once training stops."""
-    from interp.activations.harvest import open_store
-    from interp.sae.core import batch_topk
-
-    cuts = []
-    for i, x in enumerate(open_store(store).batches(4096, hook, seed=0, epochs=1)):
-        if i == n_batches:
-            break
-        values, _ = batch_topk(sae.encode_pre(x.float()), k)
-        cuts.append(float(values[values > 0].min()))
-    sae.load_inference_threshold_(torch.full((sae.cfg.d_sae,), float(np.mean(cuts))))
-
-
-@torch.no_grad()
-def heldout_metrics(sae, store: Path, hook: str, rows: int = 8192) -> dict:
-    """FVU, L0 and dead fraction on the store's last ``rows`` rows (the trainer's held-out
-    split, ``TrainConfig.eval_rows``), by ``interp.sae.evaluate.reconstruction_metrics``."""
-    from interp.activations.harvest import open_store
-    from interp.sae.evaluate import reconstruction_metrics
-
-    s = open_store(store)
-    m = reconstruction_metrics(sae, s.batches(4096, hook, shuffle=False,
-                                              row_range=(s.n_rows - rows, s.n_rows)))
-    return {"fvu": m["fvu"], "l0": m["l0"], "dead_fraction": m["dead_fraction"]}
 
 
 @torch.no_grad()
@@ -602,8 +549,7 @@ def matryoshka_table(pycode: dict, othello: dict) -> str:
             "full absorption (ungated)", *[f"probing acc k={k}" for k in SAEBENCH_KS]]
     rows = []
     for label, run in pycode["runs"].items():
-        archs = ARCHS[1:] if "threshold" in label else ARCHS  # TopK: as in the run before
-        rows += [arch_row("pycode", f"{LABEL[a]}, {label}", run[a]) for a in archs]
+        rows += [arch_row("pycode", f"{LABEL[a]}, {label}", run[a]) for a in ARCHS]
     rows.append(arch_row("pycode", "TopK shipped (reference)", pycode["shipped_topk"]))
     rows += [arch_row("othello", f"{LABEL[a]} shipped", othello[a]) for a in ARCHS]
     return table(head, rows)
@@ -619,7 +565,7 @@ def stability(pycode: dict, main: str) -> dict:
     main run's: the budget is large enough for this comparison when halving it leaves the
     ranking as it is, and a ranking that a second seed changes is within training noise."""
     runs = pycode["runs"]
-    if len(runs) < 3:  # the main run and its equal-L0 form only
+    if len(runs) < 2:  # the main run only
         return {"checked": False}
     metrics = {"FVU": lambda r: -r["train"]["fvu"],
                **{f"probing k={k}": (lambda r, k=k: r["probing"]["summary"]
@@ -747,7 +693,7 @@ def section_matryoshka(args: argparse.Namespace) -> dict:
     pycode = pycode_results(work, st)
     othello = othello_results(st)
     labels = list(pycode["runs"])
-    main_label = labels[1]  # the main budget at equal L0 (``at_equal_l0``)
+    main_label = labels[0]  # the main budget and seed
     main = pycode["runs"][main_label]
     others = {label: r for label, r in pycode["runs"].items() if label != main_label}
     check = stability(pycode, main_label)
