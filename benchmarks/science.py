@@ -382,7 +382,7 @@ def htk_figure(results: dict, st: HTKSettings, path: Path) -> None:
     fig.update_layout(height=700, title="HierarchicalTopK (K = 32) against TopK trained at "
                       "each k (benchmarks/science.py --only htk)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.write_html(path, include_plotlyjs=True)  # opens offline
 
 
 def section_htk(args: argparse.Namespace) -> dict:
