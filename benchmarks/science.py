@@ -19,8 +19,11 @@ step budgets (the same for every SAE) so that one sees whether the ranking still
 with the budget. FVU and dead latents (the fraction never in a top-k' code) are measured on
 the store's 8,192 held-out rows; HierarchicalTopK at every k' of one SAE. A diagnostic says
 why it falls behind: how many latents ever win the top-1 slot, and the FVU of the best
-single atom of each decoder (matching pursuit, one step), which no encoder can beat.
-Trained SAEs are kept under ``--work`` so a second run only prints.
+single atom of each decoder (matching pursuit, one step), which no encoder can beat; and
+variants of the HTK SAE at the longest budget, one change each (``HTK_VARIANTS``: a
+smaller K, the loss over a subset of budgets, a free decoder), test the suspects the gap
+could come from. An interactive figure (FVU against k', latents in use) is written beside
+the results. Trained SAEs are kept under ``--work`` so a second run only prints.
 """
 from __future__ import annotations
 
