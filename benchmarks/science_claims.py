@@ -670,7 +670,8 @@ def absorption_claim(pycode: dict, main: dict) -> dict:
     if gate["refused"]:
         ours = (f"SAEBench's gate refuses: pycode does not encode first letters at "
                 f"blocks.2 (best letter probe test F1 {best:.2f}, gate > 0.6). Ungated "
-                f"(mean fraction / full rate, against probes of F1 ~0.1: noise): {ungated}")
+                f"(mean fraction / full rate, against letter probes of F1 <= {best:.2f}: "
+                f"noise): {ungated}")
         holds = "untestable here"
     else:
         ours = f"absorption fraction / full rate: {ungated}"
