@@ -120,3 +120,22 @@ def test_batch_topk_threshold_is_measured_at_the_final_weights(arch, sparse_stor
     with torch.no_grad():
         l0 = float((sae.inference_codes(train_rows).acts > 0).sum(1).float().mean())
     assert l0 == pytest.approx(8, rel=0.05), (l0, res["eval"]["l0"])
+
+
+def test_end_to_end_batches_mix_contexts_in_an_order_a_resumed_run_repeats():
+    import itertools
+
+    from interp.sae.trainer import EndToEndObjective, _Dist
+
+    cfg = TrainConfig(store="", out="unused", arch="e2e", model="othello",
+                      hook="blocks.3.hook_resid_post", batch_size=590, steps=20,
+                      eval_contexts=8)
+    obj = EndToEndObjective(cfg, _Dist("cpu"))
+    in_file_order = torch.cat(list(itertools.islice(obj._token_batches(obj.contexts, 8), 20)))
+    trained_on = list(itertools.islice(obj.batches(0), 20))
+    mixed = torch.cat(trained_on)
+    # the run's 20 batches are one window: the same contexts, another order
+    assert not torch.equal(in_file_order, mixed)
+    assert sorted(map(tuple, in_file_order.tolist())) == sorted(map(tuple, mixed.tolist()))
+    resumed = list(itertools.islice(EndToEndObjective(cfg, _Dist("cpu")).batches(5), 3))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, trained_on[5:8]))

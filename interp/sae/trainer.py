@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -60,6 +62,7 @@ from interp.sae.io import save_sae
 from interp.version import code_version
 
 CHECKPOINT = "checkpoint.pt"
+E2E_SHUFFLE_TOKENS = 2**20  # token ids are cheap: each e2e batch mixes ~1M tokens' contexts
 SETTLE_BATCHES = 16  # training batches the final batch-top-k threshold is measured on
 # SAEConfig fields that TrainConfig (and so a flag of `interp train`) sets: not --option keys
 FLAG_OF_SAE_FIELD = {"d_in": "the store (the hook's width)",
@@ -408,16 +411,39 @@ class EndToEndObjective:
                 if b.shape[0] == contexts:
                     yield b.to(self.device)
 
+    def _training_batches(self):
+        """Batches of ``self.contexts`` after the evaluation contexts, drawn from windows of
+        ``E2E_SHUFFLE_TOKENS`` tokens (or the run's, if fewer), each permuted by (seed, pass,
+        window): a source read in file order (pycode's corpus) would otherwise give batches
+        of one file each, and training drifts from file to file. A resumed run draws the
+        same order."""
+        contexts = self.contexts
+        run_tokens = (self.cfg.steps or self.default_steps) * contexts * self.n_ctx
+        window = max(1, min(E2E_SHUFFLE_TOKENS, run_tokens) // (self.n_ctx * contexts))
+        for n_pass in itertools.count():
+            it = self._token_batches(contexts, self.cfg.eval_contexts)
+            for n_window in itertools.count():
+                rows = list(itertools.islice(it, window))
+                if not rows:
+                    break
+                rows = torch.cat(rows)
+                perm = np.random.default_rng([self.cfg.seed, n_pass, n_window]).permutation(
+                    rows.shape[0])
+                yield from rows[torch.from_numpy(perm).to(rows.device)].split(contexts)
+                if len(rows) < window * contexts:  # the source ran out: start it over
+                    break
+
     def init_sample(self) -> torch.Tensor:
-        toks = next(self._token_batches(max(8, self.cfg.init_sample_rows // (self.n_ctx - 1)),
-                                        self.cfg.eval_contexts))
+        per_batch = self.contexts * (self.n_ctx - 1)
+        toks = torch.cat(list(itertools.islice(
+            self._training_batches(), -(-self.cfg.init_sample_rows // per_batch))))
         with torch.no_grad():
             _, cache = self.model.run_with_cache(toks, names_filter=[self.hook])
         x = cache[self.hook][:, 1:].reshape(-1, self.d_in)
         return x, x
 
     def batches(self, start: int):
-        it = self._token_batches(self.contexts, self.cfg.eval_contexts)
+        it = self._training_batches()
         for _ in range(start):
             next(it)
         local = self.contexts // self.ddp.world
