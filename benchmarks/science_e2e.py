@@ -389,7 +389,7 @@ def write_figure(results: dict, st: E2ESettings, path: Path) -> None:
     fig.update_layout(title=f"Local vs end-to-end TopK SAEs ({st.latents:,} latents, "
                             f"{st.steps} steps x {st.batch_size:,} tokens)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs="cdn")
+    fig.write_html(str(path), include_plotlyjs=True)  # opens offline
 
 
 RUN_HEADER = ["model", "objective", "k", "steps", "L0", "CE-loss recovered", "alive latents",
