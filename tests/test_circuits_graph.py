@@ -83,3 +83,18 @@ def test_cli_writes_the_graph_and_prints_faithfulness(tmp_path):
                           "othello/blocks.3.hook_resid_post/topk", "--task", "pycode-bracket"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "for the pycode model" in bad.stderr
+
+
+def test_one_sae_named_twice_is_spliced_once_two_at_one_hook_are_refused():
+    from pathlib import Path
+
+    from interp.errors import DataError
+
+    name = "othello/blocks.3.hook_resid_post/topk"
+    folder = Path(__file__).resolve().parent.parent / "saes" / "othello" / \
+        "blocks.3.hook_resid_post" / "topk"
+    saes = saes_for([name, str(folder)])  # as `--run RUN --sae RUN/saes/x` names it twice
+    assert list(saes) == ["blocks.3.hook_resid_post"]
+    with pytest.raises(DataError, match="two SAEs for blocks.3.hook_resid_post .*topk and "
+                                        ".*matryoshka"):
+        saes_for([name, "othello/blocks.3.hook_resid_post/matryoshka"])

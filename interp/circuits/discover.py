@@ -36,13 +36,16 @@ def saes_for(names: list[str]) -> dict:
     from interp.runs import resolve_sae
     from interp.sae.evaluate import written_hook
 
-    out = {}
+    out, named = {}, {}
     for name in names:
-        sae = resolve_sae(name).sae
-        hook = written_hook(sae) or sae_hook(sae, name)
+        found = resolve_sae(name)
+        hook = written_hook(found.sae) or sae_hook(found.sae, name)
         if hook in out:
-            raise DataError(f"two SAEs for {hook}: splice one SAE per hook")
-        out[hook] = sae
+            if found.folder.resolve() == named[hook][1]:
+                continue  # one SAE named twice (a run's, and by its folder or name)
+            raise DataError(f"two SAEs for {hook} ({named[hook][0]} and {name}): splice one "
+                            f"SAE per hook")
+        out[hook], named[hook] = found.sae, (name, found.folder.resolve())
     return out
 
 
