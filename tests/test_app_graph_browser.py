@@ -182,9 +182,22 @@ def open_graphs(pg, server) -> None:
     no_exception(pg)
 
 
+# Known issue (README, "The app"): now and then the graph page keeps re-rendering after a
+# click (a plot click lost, a dropdown detached for minutes); cause not found yet. One
+# rerun in a new browser session, on the graph file as the fixture wrote it.
+@pytest.mark.flaky(reruns=1, reruns_delay=5)
 def test_graph_view_in_chromium(server, browser, graph_run):
+    import shutil
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     from interp.graphs.io import annotations, load_graph
     path = graph_run / "graphs" / "game60.json"
+    pristine = path.with_name("game60.pristine")
+    if pristine.exists():  # a rerun: drop the pins, supernodes and notes of the first try
+        shutil.copy(pristine, path)
+    else:
+        shutil.copy(path, pristine)
     doc = load_graph(path)
     pg = new_page(browser)
     open_graphs(pg, server)
@@ -237,11 +250,16 @@ def test_graph_view_in_chromium(server, browser, graph_run):
     members = expander.locator('[data-testid="stMultiSelect"]')
     members.wait_for()
     box = members.locator("input")
-    box.click()
-    for _ in range(2):   # two more layer-0 features: type, the first match, Enter
-        box.press_sequentially("mlp.0 #", delay=10)
-        pg.locator('[role="option"]', has_text="mlp.0 #").first.click()  # (not "select all")
+    for _ in range(10):   # two more layer-0 features: type, click the first match
+        if members.inner_text().count("mlp.0 #") >= 3:   # the selected chips' labels
+            break
         box.click()
+        box.press_sequentially("mlp.0 #", delay=10)
+        try:   # (not "select all"); a re-render may detach the list: type again
+            pg.locator('[role="option"]', has_text="mlp.0 #").first.click(timeout=15_000)
+        except PlaywrightTimeout:
+            pg.keyboard.press("Escape")
+        settle(pg)
     pg.keyboard.press("Escape")
     expander.get_by_label("supernode name").fill("layer-0 group")
     expander.get_by_role("button", name="group").click()
