@@ -272,7 +272,8 @@ def _eval_out(args: argparse.Namespace):
                          "SAE or transcoder")
     out = eval_folder(args.sae[0], args.out, args.store)
     if out is None:
-        raise UsageError(f"{args.sae[0]} is a shipped SAE, whose files are not rewritten: give "
+        kind = "a SAELens release" if args.sae[0].startswith("saelens:") else "a shipped SAE"
+        raise UsageError(f"{args.sae[0]} is {kind}, whose files are not rewritten: give "
                          f"--out FOLDER for its evaluation (or --store RUN to write "
                          f"RUN/evals/)")
     return out
@@ -329,8 +330,9 @@ def _eval_parser(sub) -> None:
                        "on) and plotly figures into the SAE's folder, or --out; a shipped "
                        "SAE's files are never rewritten. The SAE is checked against the "
                        "store and the model first.")
-    p.add_argument("sae", nargs="+", help="SAE folder (cfg.json + sae_weights.safetensors) "
-                   "or a shipped SAE's name (see `interp saes`); several transcoders, a "
+    p.add_argument("sae", nargs="+", help="SAE folder (cfg.json + sae_weights.safetensors), "
+                   "a shipped SAE's name (see `interp saes`) or saelens:RELEASE/SAE_ID (a "
+                   "release of SAELens's pretrained directory); several transcoders, a "
                    "folder of them or a cross-layer transcoder: the replacement model (every "
                    "MLP they cover replaced, errors dropped): CE-loss recovered, KL, top-1 "
                    "agreement, per-layer FVU and L0; othello: legal-move accuracy")
@@ -422,7 +424,8 @@ def _evals_parser(sub) -> None:
                        "one: --out or --run RUN), one entry per evaluation, and the app's "
                        "Evals page compares dictionaries side by side.")
     p.add_argument("sae", nargs="+", help="dictionaries: folders, shipped names (see "
-                   "`interp saes`) or folder names in RUN/saes; SAEs or transcoders")
+                   "`interp saes`), folder names in RUN/saes or saelens:RELEASE/SAE_ID; SAEs "
+                   "or transcoders")
     p.add_argument("--only", default=None, help="comma-separated: probing, absorption, "
                    "ground_truth, llm (default: the first three, and llm with --llm-url)")
     p.add_argument("--run", default=None, help="a run folder: names in RUN/saes, and "
@@ -554,7 +557,8 @@ def _circuit_parser(sub) -> None:
     p.add_argument("--run", default=None, help="use the SAEs in RUN/saes/ (one per hook)")
     p.add_argument("--arch", default=None, help="with --run: the SAE folder name to use")
     p.add_argument("--sae", action="append", default=None,
-                   help="an SAE by registry name (see `interp saes`) or folder; repeatable")
+                   help="an SAE by registry name (see `interp saes`), folder or "
+                   "saelens:RELEASE/SAE_ID; repeatable")
     p.add_argument("--model", default=None, help="default: the SAEs' model")
     p.add_argument("--task", required=True, help="othello-legal, othello-flipped, "
                    "pycode-bracket, pycode-indent, or a JSONL file of prompts")
@@ -581,7 +585,8 @@ def _circuit_parser(sub) -> None:
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="also patch the top N nodes one by one (exact) and print the Spearman "
                    "correlation of the AtP and IG scores with it")
-    p.add_argument("--out", default="circuit.json")
+    p.add_argument("--out", default=None, help="the circuit JSON (default: "
+                   "RUN/circuits/TASK.json with --run, else circuit.json)")
     _add_force(p)
     p.set_defaults(func=_cmd_circuit)
 
@@ -615,9 +620,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
             saes[name] = next(iter(saes_for([folder]).values()))
         else:
             saes[name] = next(iter(saes_for([name]).values()))
-    model_name = args.model or args.task.split("-")[0]
-    if model_name not in ("othello", "pycode") and not args.model:
-        raise UsageError("give --model for a labelled-text file")
+    model_name = _probe_model(args, saes)
     model = load(model_name)
     model.eval()
     from interp.provenance import check_dictionary
@@ -629,6 +632,22 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     print(table(res))
     out = save(res, args.out)
     print(f"saved {out} and {out.with_suffix('.html')}")
+
+
+def _probe_model(args: argparse.Namespace, saes: dict) -> str:
+    """--model; else a built-in task's (othello-..., pycode-...); else the run's model; else
+    the model the SAEs record (each SAE is checked against the model chosen)."""
+    from interp.runs import open_run
+
+    builtin = args.task.split("-")[0]
+    if args.model or builtin in ("othello", "pycode"):
+        return args.model or builtin
+    if args.run and open_run(args.run)[1].get("model"):
+        return open_run(args.run)[1]["model"]
+    recorded = {s.cfg.metadata.get("model_name") for s in saes.values()} - {None}
+    if len(recorded) == 1:
+        return recorded.pop()
+    raise UsageError("give --model (or --run) for a labelled-text file")
 
 
 def _probe_parser(sub) -> None:
@@ -649,8 +668,8 @@ def _probe_parser(sub) -> None:
                    help="--sweep: relative L0 tolerance")
     p.add_argument("--source", action="append", default=None,
                    help="hook:HOOK (its units, e.g. hook:blocks.1.mlp.hook_post) or sae:NAME "
-                   "(a registry name, a folder, or with --run a folder name in RUN/saes); "
-                   "repeat to compare")
+                   "(a registry name, a folder, saelens:RELEASE/SAE_ID, or with --run a "
+                   "folder name in RUN/saes); repeat to compare")
     p.add_argument("--run", default=None)
     p.add_argument("--model", default=None)
     p.add_argument("--k", type=int_list,
@@ -659,7 +678,8 @@ def _probe_parser(sub) -> None:
                    choices=["mean_diff", "f_stat", "l1", "greedy", "exact"])
     p.add_argument("--contexts", type=int, default=256)
     p.add_argument("--examples", type=int, default=10_000)
-    p.add_argument("--out", default="probe.json")
+    p.add_argument("--out", default=None, help="the result JSON (default: "
+                   "RUN/probes/TASK.json with --run, else probe.json)")
     _add_force(p)
     p.set_defaults(func=_cmd_probe)
 
@@ -713,7 +733,8 @@ def _ablate_parser(sub) -> None:
                        "(add alpha times its decoder direction, or clamp it) on a task's "
                        "prompts or on a prompt; print the change of the next-token loss, of "
                        "the task metric, and the tokens whose probability moves most.")
-    p.add_argument("--sae", required=True, help="registry name or SAE folder")
+    p.add_argument("--sae", required=True, help="registry name, SAE folder or "
+                   "saelens:RELEASE/SAE_ID")
     p.add_argument("--latents", required=True, type=int_list,
                    help="comma-separated latent ids, e.g. 12,40")
     p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"])
@@ -760,7 +781,7 @@ def _features_parser(sub) -> None:
     p.add_argument("--run", default=None, help="run folder (its model and token source); "
                    "optional for a shipped SAE with --out")
     p.add_argument("--sae", required=True, help="SAE folder, shipped SAE name (see `interp "
-                   "saes`), or a folder name under RUN/saes/")
+                   "saes`), a folder name under RUN/saes/, or saelens:RELEASE/SAE_ID")
     p.add_argument("--tokens", type=int, required=True, help="tokens to stream")
     p.add_argument("--top", type=int, default=20, help="top activating examples per latent")
     p.add_argument("--window", default="12,4", help="tokens shown before,after the "
@@ -799,8 +820,9 @@ def _export_tracer_parser(sub) -> None:
                        "circuit-tracer has no top-k) or one cross-layer transcoder as a "
                        "folder circuit-tracer loads: config.yaml and layer_L.safetensors "
                        "(a CLT: W_enc_L / W_dec_L.safetensors).")
-    p.add_argument("sae", nargs="+", help="transcoder folders or shipped names, one per "
-                   "layer (or one cross-layer transcoder folder)")
+    p.add_argument("sae", nargs="+", help="transcoder folders, shipped names or "
+                   "saelens:RELEASE/SAE_ID, one per layer (or one cross-layer transcoder "
+                   "folder)")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--model", default=None, help="the model (default: the one the "
                    "transcoders record)")
@@ -852,7 +874,8 @@ def _graph_parser(sub) -> None:
                        "is an exact direct effect. Prune by influence, score, save our JSON "
                        "(and circuit-tracer's with --tracer-json) and a figure.")
     p.add_argument("--transcoders", nargs="+", required=True,
-                   help="shipped names (othello/plt, othello/clt), folders or set folders; "
+                   help="shipped names (othello/plt, othello/clt), folders, set folders "
+                   "or saelens:RELEASE/SAE_ID; "
                    "add attention SAEs (othello/attn) to replace attention outputs too")
     p.add_argument("--prompt", required=True, help="othello: moves (f5 d6 c3); else text")
     p.add_argument("--target", action="append", default=None,
@@ -973,8 +996,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # checks of a command's flags that run before its output is claimed (nothing written yet)
+def _run_out(kind: str, fallback: str):
+    """--out, else ``RUN/<kind>/<task>.json`` with --run (a task file by its stem), else
+    ``fallback`` in the working directory."""
+    def resolve(a: argparse.Namespace) -> None:
+        if a.out is None:
+            a.out = (str(Path(a.run) / kind / f"{Path(a.task).stem}.json") if a.run
+                     else fallback)
+    return resolve
+
+
 BEFORE_WORK = {"train": lambda a: setattr(a, "train_config", _train_config(a)),
-               "eval": lambda a: setattr(a, "eval_out", _eval_out(a))}
+               "eval": lambda a: setattr(a, "eval_out", _eval_out(a)),
+               "circuit": _run_out("circuits", "circuit.json"),
+               "probe": _run_out("probes", "probe.json")}
 
 
 class _StdoutHandler(logging.StreamHandler):

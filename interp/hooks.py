@@ -43,7 +43,33 @@ def validate_hooks(model, hooks: list[str]) -> None:
     """Every hook is one of the model's (an unknown one is named with the closest)."""
     for h in hooks:
         if h not in model.hook_dict:
-            raise unknown("hook", h, list(model.hook_dict))
+            raise unknown_hook(model, h)
+
+
+# hooks some families do not have, and why: (site, the config test, the reason)
+MISSING_BY_FAMILY = (
+    ("hook_resid_mid", lambda c: c.parallel_attn_mlp,
+     "attention and MLP read the same residual stream in parallel, so there is no "
+     "hook_resid_mid"),
+    ("hook_pos_embed", lambda c: c.positional_embedding_type == "rotary",
+     "positions enter through rotary embeddings of queries and keys (attn.hook_rot_q, "
+     "attn.hook_rot_k), so there is no hook_pos_embed"),
+    ("hook_attn_in", lambda c: not c.use_attn_in,
+     "hook_attn_in and hook_q_input exist only with model.set_use_attn_in(True)"),
+)
+
+
+def unknown_hook(model, hook: str):
+    """The error for a hook ``model`` does not have: the closest names, and the family's
+    reason when the hook is one its architecture lacks (Pythia has no hook_resid_mid)."""
+    err = unknown("hook", hook, list(model.hook_dict))
+    cfg = model.cfg
+    family = cfg.original_architecture or cfg.model_name
+    why = [reason for site, lacks, reason in MISSING_BY_FAMILY
+           if hook.endswith(site) and lacks(cfg)]
+    if why:
+        err.args = (f"{err.args[0]}; {family}: {why[0]}",)
+    return err
 
 
 def hook_widths(model, hooks: list[str], n_ctx: int = 2) -> dict[str, int]:

@@ -57,7 +57,11 @@ def _same_name(a: str, b: str) -> bool:
     if a == b:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()  # one folder, two spellings
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    if pa.exists() or pb.exists():
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    from interp.models import official_name
+
+    return official_name(a) == official_name(b)  # gpt2-small and gpt2: one model
 
 
 def _model_side(name: str | None, digest: str | None) -> str:

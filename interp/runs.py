@@ -7,7 +7,17 @@ A dictionary is named by one of:
 - a folder holding ``cfg.json`` and ``sae_weights.safetensors`` (ours or SAELens's);
 - a shipped SAE's registry name (``othello/blocks.3.hook_resid_post/topk``, see
   ``interp saes``);
-- with a run, a folder name under ``RUN/saes/`` (``topk``).
+- with a run, a folder name under ``RUN/saes/`` (``topk``);
+- ``saelens:RELEASE/SAE_ID``: an SAE of SAELens's pretrained directory (the
+  ``pretrained_saes.yaml`` inside the installed ``sae_lens``), e.g.
+  ``saelens:gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`` (split at the first
+  ``/``: IDs may hold slashes). Release and ID are checked against the directory without
+  network; SAELens then loads it (from the Hugging Face cache, or the hub), and it is written
+  once in SAELens's format to ``$INTERP_CACHE/saelens/RELEASE/SAE_ID`` (``/`` in the ID as
+  ``--``; default ``~/.cache/interp``) and read back by :func:`interp.sae.io.load_sae`, the
+  one reader of that format. Its metadata records the release's model by TransformerLens's
+  official name (what :func:`interp.models.load` records) and the hook, so the checks of
+  :mod:`interp.provenance` apply as to our own SAEs.
 
 Anything else is refused with the closest valid names. The CLI, features, circuits,
 probes, ablations, eval and the app all resolve names here.
@@ -15,10 +25,15 @@ probes, ablations, eval and the app all resolve names here.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.errors import CorruptArtifactError, DataError, UnknownNameError, unknown
+from interp.errors import (CorruptArtifactError, DataError, InterpError, UnknownNameError,
+                           unknown)
 
 from interp.models.zoo import REPO_ROOT
 
@@ -132,6 +147,8 @@ def resolve_sae(spec: str | Path, run: str | Path | None = None,
     reg = registry()
     run_dir = Path(run) if run is not None else None
     spec_s = str(spec)
+    if spec_s.startswith(SAELENS_PREFIX):
+        return resolve_saelens(spec_s, device)
     path = Path(spec)
     if path.is_dir():
         folder = path.resolve()
@@ -153,5 +170,118 @@ def resolve_sae(spec: str | Path, run: str | Path | None = None,
     names = list(reg)
     if run_dir is not None:
         names = [f.name for f in run_sae_folders(run_dir)] + names
-    raise unknown("SAE (a folder, a shipped SAE's name, or a folder name in RUN/saes; see "
-                  "`interp saes`)", spec_s, names)
+    raise unknown("SAE (a folder, a shipped SAE's name, a folder name in RUN/saes, or "
+                  "saelens:RELEASE/SAE_ID; see `interp saes`)", spec_s, names)
+
+
+# ---------------------------------------------------------------- SAELens releases
+SAELENS_PREFIX = "saelens:"
+
+
+def saelens_cache() -> Path:
+    """Where release SAEs are kept in SAELens's format: ``$INTERP_CACHE/saelens`` (default
+    ``~/.cache/interp/saelens``)."""
+    root = os.environ.get("INTERP_CACHE") or Path.home() / ".cache" / "interp"
+    return Path(root).expanduser() / "saelens"
+
+
+def saelens_entry(spec: str):
+    """(release, SAE ID, SAELens's directory entry) of ``saelens:RELEASE/SAE_ID``, checked
+    against the directory that ships with sae_lens (no network); an unknown release or ID is
+    refused with the closest valid names."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    release, _, sae_id = spec[len(SAELENS_PREFIX):].partition("/")
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise unknown("SAELens release (saelens:RELEASE/SAE_ID)", release, list(directory))
+    ids = list(directory[release].saes_map)
+    if sae_id not in ids:
+        raise unknown(f"SAE ID of SAELens release {release} (saelens:{release}/SAE_ID)",
+                      sae_id, ids)
+    return release, sae_id, directory[release]
+
+
+def resolve_saelens(spec: str, device: str = "cpu") -> Resolved:
+    """``saelens:RELEASE/SAE_ID`` (see the module docstring): from our cache when it is
+    there, else loaded by SAELens and written to it first."""
+    from interp.sae.io import load_sae
+
+    release, sae_id, entry = saelens_entry(spec)
+    flat = sae_id.replace("/", "--")  # one folder per SAE: no ID's folder holds another's
+    if flat in ("", ".", ".."):
+        raise DataError(f"SAE ID {sae_id!r} of release {release} is not a folder name")
+    folder = saelens_cache() / release / flat
+    if not all((folder / f).exists() for f in ("cfg.json", "sae_weights.safetensors")):
+        shutil.rmtree(folder, ignore_errors=True)  # not ours to keep: only complete ones are
+        _cache_release_sae(release, sae_id, entry, folder)
+    try:
+        sae = load_sae(folder, device)
+    except InterpError as e:
+        hint = ("; delete that folder to fetch it again" if isinstance(e, CorruptArtifactError)
+                else "")
+        raise type(e)(f"SAELens release {release}/{sae_id} (cached in {folder}): {e}{hint}"
+                      ) from e
+    return Resolved(sae, folder, f"saelens--{release}--{flat}")
+
+
+def _cache_release_sae(release: str, sae_id: str, entry, folder: Path) -> None:
+    """Load ``release/sae_id`` with SAELens, write it in SAELens's format to a temporary
+    folder beside ``folder``, check that :func:`load_sae` reads it, and move it into place
+    (so ``folder`` exists only complete; a refused SAE leaves nothing behind)."""
+    from interp.models import official_name
+    from interp.sae.io import load_sae
+
+    sae = _saelens_from_pretrained(release, sae_id)
+    md = sae.cfg.metadata
+    md.model_name = official_name(entry.model)  # what interp.models.load records
+    md.saelens_model, md.saelens_release, md.saelens_id = entry.model, release, sae_id
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        sae.save_model(tmp)
+        load_sae(tmp)  # refuses what our reader does not support, naming why
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process cached it first
+            if not (folder / "cfg.json").exists():
+                raise
+    except InterpError as e:
+        said = str(e).replace(str(tmp / "cfg.json"), "its cfg.json").replace(str(tmp), "it")
+        raise type(e)(f"SAELens release {release}/{sae_id}: {said}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _saelens_from_pretrained(release: str, sae_id: str):
+    """``sae_lens.SAE.from_pretrained`` on the CPU in float32, its failures as one line: not
+    in the Hugging Face cache with the hub out of reach (:class:`ModelUnavailableError`), or
+    an SAE SAELens cannot load (:class:`DataError`)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from sae_lens import SAE
+
+    from interp.models import ModelUnavailableError
+
+    name = f"saelens:{release}/{sae_id}"
+    try:
+        with warnings.catch_warnings():  # SAELens warns about its own defaults
+            warnings.simplefilter("ignore")
+            return SAE.from_pretrained(release, sae_id, device="cpu", dtype="float32")
+    except (LocalEntryNotFoundError, ConnectionError, TimeoutError) as e:
+        hub = ("is disabled (HF_HUB_OFFLINE=1)" if constants.is_offline_mode()
+               else "cannot be reached")
+        raise ModelUnavailableError(
+            f"{name} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"the hub {hub}: run the command once with network access to download and "
+            f"cache it, or give an SAE folder") from e
+    except HfHubHTTPError as e:
+        raise ModelUnavailableError(f"the Hugging Face hub refused {name}: "
+                                    f"{_first_line(e)}") from e
+    except (ValueError, KeyError, NotImplementedError, TypeError, RuntimeError) as e:
+        raise DataError(f"SAELens cannot load {name}: {type(e).__name__}: "
+                        f"{_first_line(e)}") from e
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]

@@ -27,7 +27,7 @@ import torch
 
 from interp.circuits.splice import SplicedModel
 from interp.errors import DataError, unknown
-from interp.hooks import flat_units
+from interp.hooks import flat_units, unknown_hook
 
 MODES = ("zero", "mean", "resample")
 
@@ -199,7 +199,7 @@ def ablate_units(model, hook: str, tokens: torch.Tensor, units: list[int], mode:
     if mode not in ("zero", "mean"):
         raise unknown("unit ablation mode", mode, ["zero", "mean"])
     if hook not in model.hook_dict:
-        raise unknown("hook", hook, list(model.hook_dict))
+        raise unknown_hook(model, hook)
     idx = torch.tensor(units)
     mean = None
     if mode == "mean":
@@ -245,7 +245,7 @@ def shift(spliced: SplicedModel, hook: str, latents: list[int], probe_hook: str,
 
     _check_latents(spliced, hook, latents)
     if probe_hook not in spliced.model.hook_dict:
-        raise unknown("hook", probe_hook, list(spliced.model.hook_dict))
+        raise unknown_hook(spliced.model, probe_hook)
     rows = example_rows(dataset, max_examples, seed)
     y = dataset.labels[rows[:, 0], rows[:, 1]]
     idx = torch.tensor(latents)

@@ -13,6 +13,7 @@ from interp.circuits.graph import OUTPUT, build_graph, node_key, prune
 from interp.circuits.splice import SplicedModel
 from interp.circuits.tasks import Task
 from interp.errors import DataError
+from interp.provenance import model_name_of
 
 
 @dataclass
@@ -65,7 +66,7 @@ def discover(spliced: SplicedModel, task: Task, cfg: CircuitConfig | None = None
     activations = _mean_activations(spliced, task, nodes)
     meta = {"task": task.name, "task_description": task.description, "prompts": len(task),
             "metric": task.metric_kind, "hooks": spliced.hooks,
-            "model": getattr(spliced.model.cfg, "model_name", None), **asdict(cfg)}
+            "model": model_name_of(spliced.model), **asdict(cfg)}
     graph = prune(build_graph(dict(ranked), edges, activations, meta),
                   edge_threshold=cfg.edge_threshold)
     kept = [n for n in nodes if node_key(n) in graph]

@@ -34,6 +34,7 @@ import torch
 from interp.data.pycode import BOS_TOKEN
 from interp.data.sources import read_text_lines
 from interp.errors import DataError, unknown
+from interp.hooks import unknown_hook
 
 METRICS = ("logit_diff", "logprob", "feature")
 
@@ -196,7 +197,7 @@ def othello_flipped(model, n: int = 64, n_moves: int = 20, square: str | None = 
     if model is None:
         raise DataError("othello-flipped fits its probe on the model: pass the model")
     if hook not in model.hook_dict:
-        raise unknown("hook", hook, list(model.hook_dict))
+        raise unknown_hook(model, hook)
     rng = np.random.default_rng(seed)
     games = oth.generate_games(max(40 * n, 2000), rng)
     last = n_moves - 1

@@ -34,7 +34,7 @@ import torch
 
 from interp.data.pycode_labels import PYCODE_CLASSES
 from interp.errors import DataError, unknown
-from interp.hooks import flat_units, sae_hook
+from interp.hooks import flat_units, sae_hook, unknown_hook
 
 PROBE_OTHELLO_SEED = 424_242
 OTHELLO_KINDS = ("empty", "mine", "theirs", "legal", "flipped")
@@ -315,7 +315,7 @@ def probe_features(model, ds: ProbeDataset, source: str, saes: dict | None = Non
     else:
         hook = name
     if hook not in model.hook_dict:
-        raise unknown("hook", hook, list(model.hook_dict))
+        raise unknown_hook(model, hook)
     rows = example_rows(ds, max_examples, seed)
     feats, ys = [], []
     for i in range(0, ds.tokens.shape[0], batch_size):

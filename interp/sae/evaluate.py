@@ -203,7 +203,42 @@ def eval_token_source(model_name: str, spec: str | None = None, model=None):
         return OthelloSource(seed=EVAL_OTHELLO_SEED)
     if model_name == "pycode":
         return make_source("pycode:test", model=model)
-    raise DataError(f"name a token source for evaluating on {model_name!r} (--source)")
+    raise DataError(f"name a token source for evaluating on {model_name!r} (--source), or "
+                    f"the activation store harvested from it (--store: its held-out contexts)")
+
+
+def recorded_store(path: str | None, model_name: str):
+    """The activation store a dictionary records it was trained on, when it is still there
+    (complete) and holds ``model_name``'s activations; else None."""
+    from interp.activations.store import open_store
+
+    if not path or not Path(path, "manifest.json").exists():
+        return None
+    try:
+        st = open_store(path)
+    except DataError:
+        return None
+    return st if st.manifest.get("model") == model_name else None
+
+
+def held_out_tokens(m, model_name: str, source: str | None, contexts: int,
+                    context_size: int | None, store=None) -> tuple[list[torch.Tensor], str]:
+    """The contexts spliced metrics run on, in batches of 16, and what they are: ``source``
+    when named; else an embedded model's held-out data (``eval_token_source``); else the last
+    ``contexts`` contexts of ``store`` (whose last rows the trainer holds out), at the
+    store's context length."""
+    if source or store is None or model_name in ("othello", "pycode"):
+        src = eval_token_source(model_name, source, m)
+        n_ctx = min(m.cfg.n_ctx, int(context_size or 128))
+        check_fits(src, m, n_ctx, label=model_name)
+        toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
+        return toks, json.dumps(src.describe())
+    n = min(contexts, store.n_contexts)
+    ids = torch.from_numpy(store.tokens(range(store.n_contexts - n, store.n_contexts))).long()
+    if int(ids.max()) >= m.cfg.d_vocab:
+        raise DataError(f"the store {store.path} holds token ids up to {int(ids.max())}, "
+                        f"beyond the vocabulary of {model_name!r} ({m.cfg.d_vocab})")
+    return list(ids.split(16)), f"the last {n} contexts of the store {store.path}"
 
 
 EVAL_OTHELLO_SEED = 987_654_321
@@ -263,7 +298,11 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
                 for kp in sae.eval_k_grid()}
             figures["fvu_by_k"] = fvu_by_k(res["reconstruction_by_k"])
     if m is not None:
-        res.update(_spliced_results(m, str(model_name), sae, hook, source, contexts))
+        meta = sae.cfg.metadata
+        toks, res["spliced_on"] = held_out_tokens(
+            m, str(model_name), source, contexts, meta.get("context_size"),
+            st or recorded_store(meta.get("store"), str(model_name)))
+        res.update(_spliced_results(m, sae, hook, toks))
     if write:
         if (folder / "train_log.jsonl").exists():
             figures["training_curves"] = training_curves(folder / "train_log.jsonl")
@@ -290,13 +329,8 @@ def _load_model(name: str, explicit: bool, res: dict):
         return None
 
 
-def _spliced_results(m, model_name: str, sae: SparseAutoencoder, hook: str,
-                     source: str | None, contexts: int) -> dict:
-    """CE-loss recovered and KL on ``contexts`` held-out contexts, zero and mean ablation."""
-    src = eval_token_source(model_name, source, m)
-    n_ctx = min(m.cfg.n_ctx, int(sae.cfg.metadata.get("context_size") or 128))
-    check_fits(src, m, n_ctx, label=model_name)
-    toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
+def _spliced_results(m, sae: SparseAutoencoder, hook: str, toks: list[torch.Tensor]) -> dict:
+    """CE-loss recovered and KL on the held-out contexts ``toks``, zero and mean ablation."""
     spliced = {a: spliced_metrics(m, sae, hook, toks, ablation=a) for a in ("zero", "mean")}
     return {"spliced": spliced, "ce_loss_recovered": spliced["zero"]["ce_loss_recovered"],
             "kl": spliced["zero"]["kl"]}

@@ -25,7 +25,9 @@ activations, as our splice does (``interp.hooks.flat_units``).
 
 Our own full config is stored under the ``interp`` key of ``cfg.json`` (SAELens ignores
 keys it does not know), so :func:`load_sae` restores the exact architecture. Folders that
-SAELens wrote (standard, topk, jumprelu, batchtopk) load too.
+SAELens wrote (standard, topk, jumprelu, batchtopk, and its transcoders) load too, with
+``apply_b_dec_to_input: false`` and TopK's ``rescale_acts_by_decoder_norm`` folded into the
+weights (:func:`fold_saelens_options`); a normalisation other than "none" is refused.
 """
 from __future__ import annotations
 
@@ -139,6 +141,27 @@ def _config_of(raw: dict, cfg_path: Path) -> SAEConfig:
                      b_dec_init="zeros", metadata=raw.get("metadata") or {})
 
 
+def fold_saelens_options(raw: dict, weights: dict) -> dict:
+    """The weights of an SAE SAELens wrote, with the options of its cfg.json that our one
+    form ``z = (x - b_dec) W_enc + b_enc``, ``x_hat = a W_dec + b_dec`` lacks folded in
+    (exactly, up to float rounding; a new dict):
+
+    - ``apply_b_dec_to_input: false`` (the encoder reads x itself, as in Gemma Scope and
+      most converted releases): ``b_enc += b_dec W_enc``;
+    - ``rescale_acts_by_decoder_norm: true`` (TopK: z scaled by the decoder row norms n,
+      codes decoded by the unit rows ``W_dec / n``): ``W_enc, b_enc *= n``,
+      ``W_dec /= n``.
+    """
+    w = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    if raw.get("apply_b_dec_to_input") is False:
+        w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
+    if raw.get("rescale_acts_by_decoder_norm"):
+        n = w["W_dec"].norm(dim=-1)
+        w["W_enc"], w["b_enc"] = w["W_enc"] * n, w["b_enc"] * n
+        w["W_dec"] = w["W_dec"] / n.clamp(min=1e-12)[:, None]
+    return w
+
+
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """An SAE from a folder written by :func:`save_sae` or by SAELens."""
     from interp.sae.clt import is_clt_folder
@@ -180,6 +203,8 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
         if tuple(weights[name].shape) != shape:
             raise CorruptArtifactError(f"{w_path}: {name} has shape "
                                        f"{tuple(weights[name].shape)}, its config needs {shape}")
+    if "interp" not in raw and not cfg.transcoder:
+        weights = fold_saelens_options(raw, weights)
     with torch.no_grad():
         sae.W_enc.copy_(weights["W_enc"])
         sae.b_enc.copy_(weights["b_enc"])

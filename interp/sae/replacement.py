@@ -33,8 +33,8 @@ import torch
 from interp.errors import DataError
 from interp.sae.clt import CrossLayerTranscoder, clt_metrics, is_clt_folder, load_clt
 from interp.sae.core import SparseAutoencoder
-from interp.sae.evaluate import (compare_with_splice, eval_token_source, splice_hooks,
-                                 written_hook)
+from interp.sae.evaluate import (compare_with_splice, held_out_tokens, recorded_store,
+                                 splice_hooks, written_hook)
 
 Dictionary = SparseAutoencoder | CrossLayerTranscoder
 
@@ -234,8 +234,6 @@ def evaluate_replacement(specs: list[str], model: str | None = None,
     """Every figure of the replacement ``specs`` name (see the module doc); writes
     ``eval.json`` into ``out`` when given. Each dictionary is checked against the model
     first (``interp.provenance``)."""
-    from interp.data.sources import batches as token_batches
-    from interp.data.sources import check_fits
     from interp.models import load
     from interp.provenance import check_dictionary
 
@@ -246,12 +244,12 @@ def evaluate_replacement(specs: list[str], model: str | None = None,
     m = load(model_name)
     for d, name in zip(rep.dictionaries, rep.names):
         check_dictionary(d, name=name, model=m, model_name=model_name)
-    src = eval_token_source(model_name, source, m)
-    n_ctx = min(m.cfg.n_ctx, int(_metadata(rep.dictionaries[0]).get("context_size") or 128))
-    check_fits(src, m, n_ctx, label=model_name)
-    toks = list(token_batches(src, n_ctx, 16, max_contexts=contexts))
+    meta = _metadata(rep.dictionaries[0])
+    toks, spliced_on = held_out_tokens(m, model_name, source, contexts,
+                                       meta.get("context_size"),
+                                       recorded_store(meta.get("store"), model_name))
     res = {"kind": "replacement", "model": str(model_name), "dictionaries_named": list(specs),
-           "names": rep.names, "replaces": rep.written_hooks(), "d_sae": rep.total_latents,
+           "names": rep.names, "spliced_on": spliced_on, "replaces": rep.written_hooks(), "d_sae": rep.total_latents,
            **replacement_metrics(m, rep, toks)}
     if model_name == "othello":
         res["legal_moves"] = othello_legal_moves(m, rep, games)
