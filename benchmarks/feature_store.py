@@ -18,6 +18,10 @@ What it does (one process, fp32, CPU threads as torch sets them):
 
     python benchmarks/feature_store.py                 # 16,384 latents, 1,000,000 tokens
     python benchmarks/feature_store.py --tokens 100000 --latents 2048   # a quick look
+    # your own model: a local Hugging Face folder and a text file (--tiny FAMILY writes a
+    # tiny random checkpoint of interp.models.tiny to --model first)
+    python benchmarks/feature_store.py --model /tmp/tiny-gpt2 --tiny gpt2 \
+        --source /tmp/code.txt --hook blocks.1.hook_resid_post --latents 2048 --tokens 200000
 """
 from __future__ import annotations
 
@@ -31,23 +35,33 @@ import numpy as np
 import torch
 
 
-def synthetic_sae(model, hook: str, d_sae: int, k: int, seed: int = 0):
-    from interp.data.sources import OthelloSource, batches
+def synthetic_sae(model, model_name: str, hook: str, d_sae: int, k: int, first_batch,
+                  seed: int = 0):
     from interp.hooks import stop_layer
     from interp.sae.core import SAEConfig, SparseAutoencoder
 
     d_in = model.cfg.d_model
     sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_sae, arch="topk", k=k,
                                       b_dec_init="zeros", seed=seed,
-                                      metadata={"model_name": "othello", "hook_name": hook}))
-    acts = []
-    toks = next(batches(OthelloSource(seed=12345), 60, 256))
-    _, cache = model.run_with_cache(toks, names_filter=hook,
+                                      metadata={"model_name": model_name, "hook_name": hook}))
+    _, cache = model.run_with_cache(first_batch, names_filter=hook,
                                     stop_at_layer=stop_layer([hook], model.cfg.n_layers))
     acts = cache[hook][:, 1:].reshape(-1, d_in)
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(0))
     return sae.eval()
+
+
+def source_maker(model_name: str, spec: str | None, model):
+    """A function making the same token stream afresh: othello games (seed 2024), or
+    ``spec`` (a text file, JSONL, ...) through the model's tokenizer."""
+    from interp.data.sources import OthelloSource, make_source
+
+    if spec is None:
+        if model_name != "othello":
+            raise SystemExit("give --source (a text file, JSONL or Parquet) for this model")
+        return lambda: OthelloSource(seed=2024)
+    return lambda: make_source(spec, model=model)
 
 
 def bare_pass(model, sae, hook: str, source, n_tokens: int, n_ctx: int, batch: int,
@@ -87,6 +101,12 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=16_384)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--hook", default="blocks.3.hook_resid_post")
+    ap.add_argument("--model", default="othello", help="an embedded model or a model folder")
+    ap.add_argument("--tiny", default=None, help="first write a tiny random checkpoint of "
+                    "this family (interp.models.tiny) to --model")
+    ap.add_argument("--source", default=None, help="token source (default: othello games)")
+    ap.add_argument("--n-ctx", type=int, default=None, help="context length (default: 60 for "
+                    "othello, else the model's, at most 128)")
     ap.add_argument("--batch", type=int, default=64, help="contexts per forward pass")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--out", default=None, help="keep the store here (default: a temp dir)")
@@ -96,31 +116,37 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from interp.data.sources import OthelloSource
+    from interp.data.sources import batches
     from interp.features import FeatureConfig, FeatureStore, build_feature_store
     from interp.models import load
 
-    model = load("othello")
-    sae = synthetic_sae(model, args.hook, args.latents, args.k)
-    n_ctx = 60
-    seed = 2024
+    if args.tiny:
+        from interp.models.tiny import save_tiny_checkpoint
+
+        save_tiny_checkpoint(args.tiny, args.model)
+    model = load(args.model)
+    fresh = source_maker(args.model, args.source, model)
+    n_ctx = args.n_ctx or min(model.cfg.n_ctx, 60 if args.model == "othello" else 128)
+    kept = n_ctx - 1
+    sae = synthetic_sae(model, args.model, args.hook, args.latents, args.k,
+                        next(batches(fresh(), n_ctx, 256)))
     cfg = FeatureConfig(n_tokens=args.tokens, batch_size=args.batch, n_ctx=n_ctx)
-    print(f"model=othello hook={args.hook} latents={args.latents:,} k={args.k} "
-          f"tokens={args.tokens:,} batch={args.batch} threads={torch.get_num_threads()}")
+    print(f"model={args.model} hook={args.hook} n_ctx={n_ctx} latents={args.latents:,} "
+          f"k={args.k} tokens={args.tokens:,} batch={args.batch} "
+          f"threads={torch.get_num_threads()}")
     # warm-up: kernels, allocator
-    bare_pass(model, sae, args.hook, OthelloSource(seed=seed), 4 * args.batch * 59, n_ctx,
-              args.batch)
+    bare_pass(model, sae, args.hook, fresh(), 4 * args.batch * kept, n_ctx, args.batch)
     half = args.tokens // 2
-    t1, c1, n1 = bare_pass(model, sae, args.hook, OthelloSource(seed=seed), half, n_ctx, args.batch)
+    t1, c1, n1 = bare_pass(model, sae, args.hook, fresh(), half, n_ctx, args.batch)
     tmp = tempfile.TemporaryDirectory()
     out = Path(args.out) if args.out else Path(tmp.name) / "bench.duckdb"
     t0, c0 = time.perf_counter(), time.process_time()
-    build_feature_store(model, sae, args.hook, OthelloSource(seed=seed), cfg, out,
-                        {"model": "othello", "sae": "synthetic"}, progress=False)
+    build_feature_store(model, sae, args.hook, fresh(), cfg, out,
+                        {"model": args.model, "sae": "synthetic"}, progress=False)
     t_build, c_build = time.perf_counter() - t0, time.process_time() - c0
-    skip = (half // 59) // args.batch * args.batch
-    t2, c2, n2 = bare_pass(model, sae, args.hook, OthelloSource(seed=seed), args.tokens - half,
-                       n_ctx, args.batch, skip_contexts=skip)
+    skip = (half // kept) // args.batch * args.batch
+    t2, c2, n2 = bare_pass(model, sae, args.hook, fresh(), args.tokens - half,
+                           n_ctx, args.batch, skip_contexts=skip)
     fs = FeatureStore(out)
     n_tok = int(fs.meta["n_tokens"])
     t_stream = float(fs.meta["stream_seconds"])
@@ -160,7 +186,8 @@ def main() -> None:
           f"{sum(len(q['examples']) for q in page['quantiles'])} interval samples, "
           f"{len(page['histogram']['counts'])} histogram bins, {len(page['top_tokens'])} top "
           f"tokens, logit effects)")
-    for name, fn in (("search_by_token('d3', 20)", lambda: fs.search_by_token("d3", 20)),
+    token = "d3" if args.model == "othello" else page["top_tokens"][0]["token"]
+    for name, fn in ((f"search_by_token({token!r}, 20)", lambda: fs.search_by_token(token, 20)),
                      ("by_density(1e-4, 1e-2, 50)", lambda: fs.by_density(1e-4, 1e-2, 50)),
                      ("summary()", fs.summary)):
         t0 = time.perf_counter()

@@ -762,8 +762,11 @@ def _cmd_features(args: argparse.Namespace) -> None:
         s = fs.summary()
     dt = time.time() - t0
     alive = s["d_sae"] - s["dead"]
+    stream, build = float(s["meta"]["stream_seconds"]), float(s["meta"]["build_seconds"])
+    # the stream's own rate apart: loading the model dominates a small build
     print(f"{s['n_tokens']:,} tokens, {s['d_sae']:,} latents ({alive:,} fired, {s['dead']:,} "
-          f"never) in {dt:.1f}s ({s['n_tokens'] / dt:,.0f} tok/s)")
+          f"never) in {dt:.1f} s: loading {dt - build:.1f} s, streaming {stream:.1f} s "
+          f"({s['n_tokens'] / stream:,.0f} tok/s), finishing {build - stream:.1f} s")
     print(f"feature store: {out}")
     return out
 

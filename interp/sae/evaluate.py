@@ -298,11 +298,7 @@ def evaluate_sae(sae_dir: str, store: str | None = None, model: str | None = Non
                 for kp in sae.eval_k_grid()}
             figures["fvu_by_k"] = fvu_by_k(res["reconstruction_by_k"])
     if m is not None:
-        meta = sae.cfg.metadata
-        toks, res["spliced_on"] = held_out_tokens(
-            m, str(model_name), source, contexts, meta.get("context_size"),
-            st or recorded_store(meta.get("store"), str(model_name)))
-        res.update(_spliced_results(m, sae, hook, toks))
+        res.update(_spliced_results(m, str(model_name), sae, hook, source, contexts, st))
     if write:
         if (folder / "train_log.jsonl").exists():
             figures["training_curves"] = training_curves(folder / "train_log.jsonl")
@@ -329,10 +325,18 @@ def _load_model(name: str, explicit: bool, res: dict):
         return None
 
 
-def _spliced_results(m, sae: SparseAutoencoder, hook: str, toks: list[torch.Tensor]) -> dict:
-    """CE-loss recovered and KL on the held-out contexts ``toks``, zero and mean ablation."""
+def _spliced_results(m, model_name: str, sae: SparseAutoencoder, hook: str,
+                     source: str | None, contexts: int, store) -> dict:
+    """CE-loss recovered and KL on ``contexts`` held-out contexts (``held_out_tokens``: of
+    ``source``, the model's own held-out text, or ``store``'s or the store the SAE records),
+    zero and mean ablation."""
+    meta = sae.cfg.metadata
+    toks, spliced_on = held_out_tokens(m, model_name, source, contexts,
+                                       meta.get("context_size"),
+                                       store or recorded_store(meta.get("store"), model_name))
     spliced = {a: spliced_metrics(m, sae, hook, toks, ablation=a) for a in ("zero", "mean")}
-    return {"spliced": spliced, "ce_loss_recovered": spliced["zero"]["ce_loss_recovered"],
+    return {"spliced_on": spliced_on, "spliced": spliced,
+            "ce_loss_recovered": spliced["zero"]["ce_loss_recovered"],
             "kl": spliced["zero"]["kl"]}
 
 
