@@ -182,3 +182,17 @@ def test_saelens_folders_with_options_we_fold(arch, tmp_path):
         assert (acts > 0).any()
         torch.testing.assert_close(ours.encode(x), acts, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours(x).x_hat, theirs(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_release_model_offline_and_uncached_is_one_line(offline, tmp_path, capsys):
+    """The SAE is cached but the model it belongs to is not: a command that needs the
+    model says which one and why, in one line, and writes nothing."""
+    from interp.cli import main
+
+    populate(offline)
+    code = main(["features", "--sae", f"saelens:{RELEASE}/{SAE_ID}", "--tokens", "100",
+                 "--source", "pycode:test", "--out", str(tmp_path / "f.duckdb")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "EleutherAI/pythia-70m-deduped" in err and "HF_HUB_OFFLINE=1" in err
+    assert not (tmp_path / "f.duckdb").exists()
