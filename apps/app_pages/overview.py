@@ -1,5 +1,6 @@
 """Overview: the run's model, hooks and SAEs; training curves; FVU vs L0; densities."""
 import json
+from pathlib import Path
 
 import streamlit as st
 
@@ -17,7 +18,9 @@ infos = C.sae_infos(run, model_name)
 ours = [i for i in infos if i.source != "shipped"]
 stores = [i for i in infos if i.feature_store is not None]
 cols = st.columns(4)
-cols[0].metric("model", str(model_name or "?"))
+# a model folder by its name (a path does not fit the metric); the whole path on hover
+cols[0].metric("model", Path(str(model_name)).name if model_name else "?",
+               help=str(model_name) if model_name and "/" in str(model_name) else None)
 cols[1].metric("hooks", len(meta.get("hooks") or []))
 cols[2].metric("SAEs in the run", len(ours))
 cols[3].metric("feature stores", len(stores))
