@@ -236,6 +236,39 @@ def test_another_family_rotary_rms_gqa_parallel():
     assert res["pearson"] > 0.99999
 
 
+def gemma2_like():
+    """Gemma-2's quirks at toy size: RMSNorm after attention and MLP too, logit and score
+    soft caps, local and global layers, grouped-query attention, wide heads; the
+    unembedding scaled up so that the logit cap bends the logits."""
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=16, n_key_value_heads=2, d_mlp=64,
+        n_ctx=24, d_vocab=40, act_fn="gelu_pytorch_tanh", gated_mlp=True,
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=16,
+        use_normalization_before_and_after=True, attn_scores_soft_cap=50.0,
+        output_logits_soft_cap=30.0, use_local_attn=True, window_size=4,
+        attn_types=["local", "global"], use_attn_scale=True, attn_scale=4.0, final_rms=True,
+        seed=2, model_name="tiny-gemma2-like", original_architecture="Gemma2ForCausalLM")
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():
+        model.unembed.W_U.mul_(60)
+        for b in model.blocks:  # post-norm weights away from 1, so they matter
+            b.ln1_post.w.uniform_(0.5, 1.5)
+            b.ln2_post.w.uniform_(0.5, 1.5)
+    return model
+
+
+def test_gemma2_norms_after_sublayers_and_soft_caps():
+    model = gemma2_like()
+    toks = torch.randint(1, 40, (12,), generator=torch.Generator().manual_seed(0))
+    graph = attribute(model, random_transcoders(model), toks)
+    values = [t.value for t in graph.targets]
+    assert max(abs(v) for v in values) > 10   # the cap bends these logits
+    assert_rows_match(model, graph)
+    for mode in ("direct", "replacement"):   # predicted vs measured, logits before the cap
+        res = validate(model, graph, [0, graph.n_selected // 2], 0.0, mode)
+        assert res["pearson"] > 0.999, (mode, res["pearson"])
+
+
 def test_refusals(othello):
     from interp.errors import DataError
 

@@ -154,12 +154,9 @@ def test_every_flow_on_a_local_checkpoint(family, checkpoints, files, tmp_path, 
     assert math.isfinite(circuit["metadata"]["faithfulness"])
     graph = ["graph", "--transcoders", run / "saes" / "tc" / "0", run / "saes" / "tc" / "1",
              "--prompt", "def f(x):\n    return (x", "--out", run / "graphs" / "g.json"]
-    if family == "gemma2":  # norms after each sublayer: refused, naming the family
-        refuse(graph, "Gemma2ForCausalLM", "supported")
-    else:
-        out = cli(*graph, "--validate", 2)
-        assert "Pearson" in out and len(json.loads((run / "graphs" / "g.json").read_text())
-                                        ["nodes"]) > 3
+    out = cli(*graph, "--validate", 2)
+    assert "Pearson" in out and len(json.loads((run / "graphs" / "g.json").read_text())
+                                    ["nodes"]) > 3
     cli("probe", "--task", files / "defs.csv", "--run", run, "--source", f"hook:{HOOK}",
         "--source", "sae:topk", "--k", "1,4")
     probe = json.loads((run / "probes" / "defs.json").read_text())
@@ -168,10 +165,10 @@ def test_every_flow_on_a_local_checkpoint(family, checkpoints, files, tmp_path, 
     assert "logit_diff" in out or "metric" in out
     assert "steer" in cli("ablate", "--sae", sae, "--latents", "1", "--alpha", 5,
                           "--prompt", "def f(x):").lower()
-    app_opens_the_run(monkeypatch, run, str(model), family != "gemma2")
+    app_opens_the_run(monkeypatch, run, str(model))
 
 
-def app_opens_the_run(monkeypatch, run, model: str, with_graph: bool) -> None:
+def app_opens_the_run(monkeypatch, run, model: str) -> None:
     """Every page renders on the run with nothing raised; the overview names the model
     folder, features opens the run's SAE, graphs the run's graph."""
     from test_app import app, ok
@@ -183,5 +180,4 @@ def app_opens_the_run(monkeypatch, run, model: str, with_graph: bool) -> None:
     at = ok(app(monkeypatch, run, "features"))
     assert at.subheader[0].value.startswith("topk · latent")
     at = ok(app(monkeypatch, run, "graphs"))
-    if with_graph:
-        assert at.selectbox(key="graph_file").value.endswith("g.json")
+    assert at.selectbox(key="graph_file").value.endswith("g.json")

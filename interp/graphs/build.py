@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.errors import DataError
-from interp.graphs.linear import UNEMBED_INPUT, Reads, attn_input
+from interp.graphs.linear import UNEMBED_INPUT, Reads, attn_input, capped_logits
 from interp.graphs.nodes import PromptNodes, blocks_of, prompt_nodes
 
 # default targets: the top logits until their probabilities add up to this, at most MAX
@@ -118,8 +118,9 @@ def logit_targets(nodes: PromptNodes, model, tokens: list[int] | None = None,
     """Logit targets at the last position: ``tokens``, or the most likely ones until their
     probabilities reach ``DESIRED_LOGIT_PROB`` (at most ``MAX_LOGITS``). Each reads the
     unembedding column minus the mean column (a logit's share that is not common to every
-    token), as circuit-tracer does."""
-    probs = nodes.logits.softmax(-1)
+    token), as circuit-tracer does. (With a soft cap, the model's probabilities pick them;
+    the values are the logits before the cap, which the unembedding's input reads.)"""
+    probs = capped_logits(model, nodes.logits).softmax(-1)
     if tokens is None:
         top = probs.sort(descending=True)
         n = int((top.values.cumsum(0) < DESIRED_LOGIT_PROB).sum()) + 1

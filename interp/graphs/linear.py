@@ -14,6 +14,12 @@ autograd through the model; the explicit transpose is faster, needs no copy of t
 forward pass per batch, and holds no (batch, heads, T, T) tensor: the patterns are stored
 once, as the model's own forward pass holds them).
 
+Gemma-2's norms after each sublayer are frozen the same way: the attention's output goes
+through ``x -> x / s * w`` (``ln1_post``) before the residual stream; the MLP's is inside
+what its transcoder writes (``hook_mlp_out`` is after ``ln2_post``). Its logit soft cap is
+not linear: graphs trace the logits before the cap (``uncapped_logits``), which keeps their
+order, and the interventions that check them read the same.
+
 ``tests/test_graphs.py`` checks this transpose against autograd through TransformerLens
 with the same freezes, and every edge against an intervention in the model itself.
 
@@ -55,14 +61,44 @@ def _layer(site: str) -> int:
     return int(site.split(".")[1])
 
 
+def capped(model) -> bool:
+    """Whether the model soft-caps its logits (Gemma-2: ``cap * tanh(x / cap)``) after a
+    final norm (the pre-cap logits are read there)."""
+    cap = model.cfg.output_logits_soft_cap
+    return cap is not None and cap > 0 and FINAL_NORMALIZED in model.hook_dict
+
+
+FINAL_NORMALIZED = "ln_final.hook_normalized"
+
+
+def uncapped_logits(model, normalized: torch.Tensor) -> torch.Tensor:
+    """The logits before a soft cap, from the final norm's ``hook_normalized`` (after its
+    scale, which a frozen run holds fixed): what the unembedding's input reads, so what a
+    graph traces (a monotone cap keeps their order). Inverting the cap from the capped
+    logits would lose precision near it."""
+    ln = model.ln_final
+    x = normalized * ln.w if getattr(ln, "w", None) is not None else normalized
+    x = x + ln.b if getattr(ln, "b", None) is not None else x
+    return model.unembed(x)
+
+
+def capped_logits(model, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` through the model's soft cap, if it has one (the model's own output)."""
+    if not capped(model):
+        return logits
+    cap = model.cfg.output_logits_soft_cap
+    return cap * torch.tanh(logits / cap)
+
+
 def check_architecture(model) -> None:
     """Refuse, in one line naming the family, what ``FrozenTransformer`` does not model."""
     cfg = model.cfg
     family = cfg.original_architecture or cfg.model_name
     unsupported = [
         (cfg.attn_only, "attention-only models have no MLP to replace"),
-        (cfg.use_normalization_before_and_after, "normalisation after attention and MLP "
-                                                 "(Gemma-2/3 style)"),
+        (cfg.use_normalization_before_and_after
+         and not str(cfg.normalization_type).startswith("RMS"),
+         "LayerNorm after attention and MLP"),
         (cfg.use_attn_in or cfg.use_split_qkv_input, "per-head attention inputs "
                                                      "(use_attn_in / use_split_qkv_input)"),
         (cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"),
@@ -78,7 +114,7 @@ def check_architecture(model) -> None:
         if bad and why:
             raise DataError(f"attribution graphs do not support {family}: {why}; supported: "
                             f"pre-norm transformers (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, "
-                            f"Mistral and the embedded models)")
+                            f"Mistral, Gemma-2 and the embedded models)")
 
 
 class Reads(NamedTuple):
@@ -185,6 +221,11 @@ class FrozenTransformer:
         self.ln1 = [norm(b.ln1, f"blocks.{i}.ln1.hook_scale") for i, b in enumerate(model.blocks)]
         self.ln2 = [norm(b.ln2, f"blocks.{i}.ln2.hook_scale") for i, b in enumerate(model.blocks)]
         self.ln_final = norm(model.ln_final, "ln_final.hook_scale")
+        # Gemma-2: an RMSNorm (with its weight) between the attention's output and the
+        # residual stream; the MLP's (ln2_post) is inside what a transcoder writes
+        self.ln1_post = ([_Norm(b.ln1_post, cache[f"blocks.{i}.ln1_post.hook_scale"][0], "RMS")
+                          for i, b in enumerate(model.blocks)]
+                         if cfg.use_normalization_before_and_after else None)
         self.patterns = [cache[f"blocks.{i}.attn.hook_pattern"][0]  # (H, T, T)
                          for i in range(self.n_layers)]
         # W_V (H, d, dh) and W_O (H, dh, d), grouped-query heads expanded
@@ -197,6 +238,7 @@ class FrozenTransformer:
         names = ["ln_final.hook_scale"]
         for i in range(model.cfg.n_layers):
             names += [f"blocks.{i}.ln1.hook_scale", f"blocks.{i}.ln2.hook_scale",
+                      f"blocks.{i}.ln1_post.hook_scale", f"blocks.{i}.ln2_post.hook_scale",
                       f"blocks.{i}.attn.hook_pattern"]
         return [n for n in names if n in model.hook_dict]
 
@@ -294,6 +336,21 @@ class FrozenTransformer:
             _scatter_add(g, r, ln2.back_from_normalized(r.vecs, r.pos))
         return g, owned
 
+    def _post_norm_back(self, layer: int, g2, sparse, t: int):
+        """(dense (t*b, d), sparse ``Reads``) gradients at the attention's output projection
+        from the residual stream's ``g2`` / ``sparse``: the same, or through layer's frozen
+        post-attention RMSNorm (``* w / s`` per position)."""
+        if self.ln1_post is None:
+            return g2, sparse
+        post = self.ln1_post[layer]
+        if g2 is not None:
+            b = g2.shape[0] // t
+            g2 = (g2.view(t, b, -1) * (post.w / post.scale[:t, None])).view(t * b, -1)
+        if sparse is not None:
+            sparse = Reads(sparse.rows, sparse.pos, post.back_from_output(sparse.vecs,
+                                                                          sparse.pos))
+        return g2, sparse
+
     def _attention_back(self, layer: int, g, owned: bool, reads: dict, writes: set,
                         out: dict, t: int, b: int) -> tuple[torch.Tensor | None, bool]:
         """g (at the attention's output: (t, b, d), ``Reads`` where it is sparse, or None:
@@ -307,16 +364,18 @@ class FrozenTransformer:
         replaced = z in writes
         sparse = g if isinstance(g, Reads) else None
         g2 = g.reshape(t * b, d) if isinstance(g, torch.Tensor) else None
-        if replaced and g2 is not None:   # replaced: record; only hook_z's reads go on
-            out[z] = (g2 @ w_o_flat).view(t, b, h * dh)
-        elif replaced and sparse is not None:
-            out[z] = sparse.vecs.new_zeros(t, b, h * dh)
-            _scatter_add(out[z], sparse, sparse.vecs @ w_o_flat)
+        # the attention's output branch: g through a frozen post-norm, where there is one
+        ga, sparse_a = self._post_norm_back(layer, g2, sparse, t)
+        if replaced and ga is not None:   # replaced: record; only hook_z's reads go on
+            out[z] = (ga @ w_o_flat).view(t, b, h * dh)
+        elif replaced and sparse_a is not None:
+            out[z] = sparse_a.vecs.new_zeros(t, b, h * dh)
+            _scatter_add(out[z], sparse_a, sparse_a.vecs @ w_o_flat)
         # what reaches hook_z: densely from g, sparsely from sparse g and hook_z's reads
-        dense_z = None if replaced else g2
+        dense_z = None if replaced else ga
         sparse_z = [reads[z]] if z in reads else []
-        if sparse is not None and not replaced:
-            sparse_z.append(Reads(sparse.rows, sparse.pos, sparse.vecs @ w_o_flat))
+        if sparse_a is not None and not replaced:
+            sparse_z.append(Reads(sparse_a.rows, sparse_a.pos, sparse_a.vecs @ w_o_flat))
         sz = Reads.cat(sparse_z) if sparse_z else None
         acc = None
         for head in range(h):

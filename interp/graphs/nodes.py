@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.errors import DataError
-from interp.graphs.linear import FrozenTransformer, mlp_read, mlp_write, z_site
+from interp.graphs.linear import (FINAL_NORMALIZED, FrozenTransformer, capped, mlp_read,
+                                  mlp_write, uncapped_logits, z_site)
 from interp.hooks import flat_units, layer_of
 from interp.sae.clt import CrossLayerTranscoder
 from interp.sae.core import SparseAutoencoder
@@ -160,10 +161,12 @@ def prompt_nodes(model, blocks: list[Block], tokens: torch.Tensor) -> PromptNode
     sites = sorted({w for b in blocks for w in b.writes},
                    key=lambda s: (layer_of(s), 0 if s.endswith("hook_z") else 1))
     names = set(FrozenTransformer.cache_names(model)) | {b.read for b in blocks} | set(sites)
-    names |= {"hook_embed"}
+    names |= {"hook_embed", FINAL_NORMALIZED}
     logits, cache = model.run_with_cache(tokens[None].to(model.cfg.device),
                                          names_filter=lambda h: h in names)
     cache = {k: v for k, v in cache.items()}
+    if capped(model):  # the graph traces the logits before the cap
+        logits = uncapped_logits(model, cache[FINAL_NORMALIZED])
     t = tokens.shape[0]
     written = {s: torch.zeros(t, flat_units(cache[s]).shape[-1]) for s in sites}
     feats, acts, pres = [], [], []

@@ -28,6 +28,7 @@ import torch
 
 from interp.errors import DataError
 from interp.graphs.build import AttributionGraph
+from interp.graphs.linear import FINAL_NORMALIZED, capped, uncapped_logits
 from interp.hooks import flat_units
 
 MODES = ("direct", "replacement", "model")
@@ -65,10 +66,15 @@ def run_intervention(model, graph: AttributionGraph, feature: int | list[int] | 
               for layer in layers]
     if freeze:
         hooks += _freeze_hooks(graph)
+    last = {}
+    if capped(model):  # targets are logits before the cap (see interp.graphs.linear)
+        hooks.append((FINAL_NORMALIZED, lambda act, hook: last.setdefault("x", act)))
     # a hook_z site is both read and written: the read must see the incoming value
     order = {name: k for k, name in enumerate(model.hook_dict)}
     hooks.sort(key=lambda h: order[h[0]])
     logits = model.run_with_hooks(nodes.tokens[None].to(model.cfg.device), fwd_hooks=hooks)
+    if last:
+        logits = uncapped_logits(model, last["x"])
     pre = torch.zeros(nodes.n_features)
     for i, blk in enumerate(nodes.blocks):
         idx = nodes.block_features(i)
