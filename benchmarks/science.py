@@ -100,18 +100,17 @@ def htk_store(work: Path, model: str, hook: str, st: HTKSettings) -> str:
 def _train_job(job: dict) -> dict:
     """Train one SAE (or read the metrics of one trained before): a process pool's task."""
     from interp.sae.evaluate import without_density
-    from interp.sae.trainer import TrainConfig, train_sae
+    from interp.sae.trainer import TrainConfig
+    from trained import trained_metrics
 
     import torch
 
     torch.set_num_threads(job.pop("threads"))
     patch = job.pop("patch", None)
     out = Path(job["out"])
-    if not (out / "metrics.json").exists():
-        with htk_patch(patch):
-            train_sae(TrainConfig(**job, eval_every=10**9, checkpoint_every=500,
-                                  log_every=100), progress=False)
-    m = json.loads((out / "metrics.json").read_text())
+    with htk_patch(patch):
+        m = trained_metrics(TrainConfig(**job, eval_every=10**9, checkpoint_every=500,
+                                        log_every=100))
     by_k = m.get("eval_by_k") or {str(job["k"]): without_density(m["eval"])}
     return {"arch": job["arch"], "k": job["k"], "steps": job["steps"], "out": str(out),
             "train_seconds": m["train_seconds"],

@@ -365,15 +365,14 @@ def pycode_store(work: Path, st: MatryoshkaSettings, hook: str) -> Path:
 def train_one(spec, store: Path, out: Path, steps: int, batch_size: int, seed: int) -> dict:
     """Train (or reuse) one SAE with the spec's settings at the given budget and seed;
     {fvu, l0, dead_fraction, tokens, train_seconds} on the store's held-out rows."""
-    from interp.sae.trainer import TrainConfig, train_sae
+    from interp.sae.trainer import TrainConfig
+    from trained import trained_metrics
 
-    if not (out / "metrics.json").exists():
-        train_sae(TrainConfig(store=str(store), out=str(out), hook=spec.hook, arch=spec.arch,
-                              d_sae=spec.d_sae, k=spec.k, steps=steps, batch_size=batch_size,
-                              lr=spec.lr, sae_options=dict(spec.options), seed=seed,
-                              model=spec.model, eval_every=10**9, checkpoint_every=100),
-                  progress=False)
-    m = json.loads((out / "metrics.json").read_text())
+    m = trained_metrics(TrainConfig(
+        store=str(store), out=str(out), hook=spec.hook, arch=spec.arch, d_sae=spec.d_sae,
+        k=spec.k, steps=steps, batch_size=batch_size, lr=spec.lr,
+        sae_options=dict(spec.options), seed=seed, model=spec.model, eval_every=10**9,
+        checkpoint_every=100))
     return {"fvu": m["eval"]["fvu"], "l0": m["eval"]["l0"],
             "dead_fraction": m["eval"]["dead_fraction"], "tokens": m.get("tokens"),
             "train_seconds": m.get("train_seconds")}

@@ -116,16 +116,6 @@ def train_config(st: E2ESettings, model: str, hook: str, store: str, objective: 
                        **common)
 
 
-def train_one(cfg) -> dict:
-    """Train one SAE unless its folder already holds a finished one; its metrics.json."""
-    from interp.sae.trainer import train_sae
-
-    out = Path(cfg.out)
-    if not (out / "metrics.json").exists():
-        train_sae(cfg, progress=False)
-    return json.loads((out / "metrics.json").read_text())
-
-
 def planned_runs(st: E2ESettings) -> list[tuple[str, int, int]]:
     """(objective, k, steps) of every SAE of one model: the sweep, then the budget check."""
     runs = [(o, k, st.steps) for k in st.ks for o in OBJECTIVES]
@@ -201,6 +191,7 @@ def e2e_model(work: Path, model_name: str, hook: str, st: E2ESettings) -> dict:
     """Train (or read back) and evaluate every SAE of one model, one at a time."""
     from interp.hooks import default_n_ctx, validate_hooks
     from interp.models import load
+    from trained import trained_metrics
 
     t0 = time.time()
     model = load(model_name)
@@ -211,7 +202,7 @@ def e2e_model(work: Path, model_name: str, hook: str, st: E2ESettings) -> dict:
     runs = []
     for objective, k, steps in planned_runs(st):
         folder = sae_folder(work, model_name, objective, k, steps)
-        m = train_one(train_config(st, model_name, hook, store, objective, k, steps, folder))
+        m = trained_metrics(train_config(st, model_name, hook, store, objective, k, steps, folder))
         ev = evaluate_one(folder, model_name, model, hook, toks, contexts)
         runs.append({"objective": objective, "k": k, "steps": steps, "folder": str(folder),
                      "train_seconds": m["train_seconds"], "tokens": m.get("tokens"), **ev})
