@@ -3,7 +3,11 @@
 ``load(name)`` accepts:
 - an embedded model (``othello``, ``pycode``), shipped in ``saes/models/``;
 - a folder of ours (``config.json`` with a ``transformer_config``, ``model.safetensors``);
-- a local Hugging Face model folder (``config.json`` + weights, as ``save_pretrained`` writes);
+- a local Hugging Face model folder (``config.json`` + weights, as ``save_pretrained`` writes)
+  of a family TransformerLens converts: GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral, ...,
+  and Gemma-2 of any size (its config built here: ``OWN_CONFIGS``); converted and processed
+  as ``HookedTransformer.from_pretrained`` does (``_processing``), checked against
+  ``transformers`` per family in ``tests/test_own_models.py``;
 - any TransformerLens pretrained name or alias (``gpt2``, ``pythia-70m``, ...), whose
   weights come from the Hugging Face hub or its local cache.
 """
