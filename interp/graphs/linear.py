@@ -61,21 +61,24 @@ def _layer(site: str) -> int:
     return int(site.split(".")[1])
 
 
+FINAL_NORMALIZED = "ln_final.hook_normalized"
+
+
 def capped(model) -> bool:
     """Whether the model soft-caps its logits (Gemma-2: ``cap * tanh(x / cap)``) after a
     final norm (the pre-cap logits are read there)."""
-    cap = model.cfg.output_logits_soft_cap
-    return cap is not None and cap > 0 and FINAL_NORMALIZED in model.hook_dict
+    from transformer_lens.utilities.activation_functions import softcap_enabled
 
-
-FINAL_NORMALIZED = "ln_final.hook_normalized"
+    return (softcap_enabled(model.cfg.output_logits_soft_cap)
+            and FINAL_NORMALIZED in model.hook_dict)
 
 
 def uncapped_logits(model, normalized: torch.Tensor) -> torch.Tensor:
     """The logits before a soft cap, from the final norm's ``hook_normalized`` (after its
-    scale, which a frozen run holds fixed): what the unembedding's input reads, so what a
-    graph traces (a monotone cap keeps their order). Inverting the cap from the capped
-    logits would lose precision near it."""
+    scale, which a frozen run holds fixed; pass only the positions wanted: the unembedding
+    is the widest product): what the unembedding's input reads, so what a graph traces (a
+    monotone cap keeps their order). Inverting the cap from the capped logits would lose
+    precision near it."""
     ln = model.ln_final
     x = normalized * ln.w if getattr(ln, "w", None) is not None else normalized
     x = x + ln.b if getattr(ln, "b", None) is not None else x
@@ -84,10 +87,9 @@ def uncapped_logits(model, normalized: torch.Tensor) -> torch.Tensor:
 
 def capped_logits(model, logits: torch.Tensor) -> torch.Tensor:
     """``logits`` through the model's soft cap, if it has one (the model's own output)."""
-    if not capped(model):
-        return logits
-    cap = model.cfg.output_logits_soft_cap
-    return cap * torch.tanh(logits / cap)
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 
 def check_architecture(model) -> None:

@@ -165,8 +165,9 @@ def prompt_nodes(model, blocks: list[Block], tokens: torch.Tensor) -> PromptNode
     logits, cache = model.run_with_cache(tokens[None].to(model.cfg.device),
                                          names_filter=lambda h: h in names)
     cache = {k: v for k, v in cache.items()}
+    last = logits[0, -1].float()
     if capped(model):  # the graph traces the logits before the cap
-        logits = uncapped_logits(model, cache[FINAL_NORMALIZED])
+        last = uncapped_logits(model, cache[FINAL_NORMALIZED][0, -1]).float()
     t = tokens.shape[0]
     written = {s: torch.zeros(t, flat_units(cache[s]).shape[-1]) for s in sites}
     feats, acts, pres = [], [], []
@@ -191,7 +192,7 @@ def prompt_nodes(model, blocks: list[Block], tokens: torch.Tensor) -> PromptNode
                        activations=torch.cat(acts), pre_activations=torch.cat(pres),
                        error_sites=sites, errors=errors,
                        token_vectors=cache["hook_embed"][0].float(),
-                       logits=logits[0, -1].float(), frozen=FrozenTransformer(model, cache),
+                       logits=last, frozen=FrozenTransformer(model, cache),
                        cache=cache)
 
 

@@ -73,14 +73,13 @@ def run_intervention(model, graph: AttributionGraph, feature: int | list[int] | 
     order = {name: k for k, name in enumerate(model.hook_dict)}
     hooks.sort(key=lambda h: order[h[0]])
     logits = model.run_with_hooks(nodes.tokens[None].to(model.cfg.device), fwd_hooks=hooks)
-    if last:
-        logits = uncapped_logits(model, last["x"])
+    logits = uncapped_logits(model, last["x"][0, -1]) if last else logits[0, -1]
     pre = torch.zeros(nodes.n_features)
     for i, blk in enumerate(nodes.blocks):
         idx = nodes.block_features(i)
         z = blk.encoder.encode_pre(run.kept[i])
         pre[idx] = z[nodes.features[idx, 1], nodes.features[idx, 2]]
-    return {"pre": pre, "targets": _target_values(graph, logits[0, -1].float(), run.kept,
+    return {"pre": pre, "targets": _target_values(graph, logits.float(), run.kept,
                                                   run.scores)}
 
 
