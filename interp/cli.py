@@ -642,8 +642,9 @@ def _probe_model(args: argparse.Namespace, saes: dict) -> str:
     builtin = args.task.split("-")[0]
     if args.model or builtin in ("othello", "pycode"):
         return args.model or builtin
-    if args.run and open_run(args.run)[1].get("model"):
-        return open_run(args.run)[1]["model"]
+    run_model = open_run(args.run)[1].get("model") if args.run else None
+    if run_model:
+        return run_model
     recorded = {s.cfg.metadata.get("model_name") for s in saes.values()} - {None}
     if len(recorded) == 1:
         return recorded.pop()

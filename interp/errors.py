@@ -49,6 +49,12 @@ def closest(name: str, valid: Iterable[str], n: int = 8) -> list[str]:
     return (close + rest)[:n]
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first line, at most ``limit`` characters: how a library's (often
+    multi-line) error is quoted inside our one-line messages."""
+    return (str(e).strip().splitlines() or [""])[0][:limit]
+
+
 def unknown(kind: str, name: str, valid: Iterable[str], n: int = 8) -> UnknownNameError:
     valid = list(dict.fromkeys(valid))
     near = closest(name, valid, n)

@@ -64,12 +64,11 @@ def unknown_hook(model, hook: str):
     reason when the hook is one its architecture lacks (Pythia has no hook_resid_mid)."""
     err = unknown("hook", hook, list(model.hook_dict))
     cfg = model.cfg
-    family = cfg.original_architecture or cfg.model_name
     why = [reason for site, lacks, reason in MISSING_BY_FAMILY
            if hook.endswith(site) and lacks(cfg)]
-    if why:
-        err.args = (f"{err.args[0]}; {family}: {why[0]}",)
-    return err
+    if not why:
+        return err
+    return type(err)(f"{err}; {cfg.original_architecture or cfg.model_name}: {why[0]}")
 
 
 def hook_widths(model, hooks: list[str], n_ctx: int = 2) -> dict[str, int]:

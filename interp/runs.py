@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interp.errors import (CorruptArtifactError, DataError, InterpError, UnknownNameError,
-                           unknown)
+                           first_line, unknown)
 
 from interp.models.zoo import REPO_ROOT
 
@@ -277,11 +277,7 @@ def _saelens_from_pretrained(release: str, sae_id: str):
             f"cache it, or give an SAE folder") from e
     except HfHubHTTPError as e:
         raise ModelUnavailableError(f"the Hugging Face hub refused {name}: "
-                                    f"{_first_line(e)}") from e
+                                    f"{first_line(e)}") from e
     except (ValueError, KeyError, NotImplementedError, TypeError, RuntimeError) as e:
         raise DataError(f"SAELens cannot load {name}: {type(e).__name__}: "
-                        f"{_first_line(e)}") from e
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
+                        f"{first_line(e)}") from e

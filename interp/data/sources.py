@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from interp.data import othello as oth
-from interp.errors import DataError, unknown
+from interp.errors import DataError, first_line, unknown
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 # Training batches of the othello model use seeds (0, step); harvesting defaults elsewhere.
@@ -365,7 +365,7 @@ class HFDatasetSource(TokenSource):
             raise DataError(
                 f"could not open the Hugging Face dataset {self.path!r} (split {self.split!r}): "
                 f"the hub could not be reached or the dataset was not found "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+                f"({type(e).__name__}: {first_line(e, 200)}). "
                 f"Offline, give a local .txt/.jsonl/.parquet file as the source instead."
             ) from e
 

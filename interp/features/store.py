@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.errors import CorruptArtifactError, DataError, closest, UnknownNameError
+from interp.errors import CorruptArtifactError, DataError, UnknownNameError, closest, first_line
 from interp.features.write import FORMAT, FORMAT_VERSION
 
 _FEATURE_COLUMNS = ("latent, count, density, mean_act, mean_all, max_act, hist_first, "
@@ -58,7 +58,7 @@ class FeatureStore:
             self._con = duckdb.connect(str(self.path), read_only=True)
         except duckdb.Error as e:
             raise CorruptArtifactError(f"{self.path} is not a feature store (not a DuckDB "
-                                       f"file: {str(e).splitlines()[0]})") from e
+                                       f"file: {first_line(e)})") from e
         try:
             rows = self._con.execute("SELECT key, value FROM metadata").fetchall()
             meta = {k: json.loads(v) for k, v in rows}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from interp.errors import InterpError, unknown
+from interp.errors import InterpError, first_line, unknown
 from interp.models.io import CorruptModelError, load_model_folder
 from interp.models.zoo import ZOO, model_dir
 
@@ -236,7 +236,7 @@ def _load_pretrained(name: str, device, **kwargs):
             f"Face cache and the hub {'is disabled (HF_HUB_OFFLINE=1)' if offline else 'could not be reached'}. "
             f"Run once with network access to cache them, or use an embedded model "
             f"({', '.join(embedded_models())}) or a local model folder. "
-            f"(cause: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            f"(cause: {type(e).__name__}: {first_line(e, 200)})"
         ) from e
     model.eval()
     model.interp_meta = {"name": official, "source": "pretrained"}

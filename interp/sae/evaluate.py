@@ -227,7 +227,9 @@ def held_out_tokens(m, model_name: str, source: str | None, contexts: int,
     when named; else an embedded model's held-out data (``eval_token_source``); else the last
     ``contexts`` contexts of ``store`` (whose last rows the trainer holds out), at the
     store's context length."""
-    if source or store is None or model_name in ("othello", "pycode"):
+    from interp.models.zoo import ZOO
+
+    if source or store is None or model_name in ZOO:  # ZOO: eval_token_source's own data
         src = eval_token_source(model_name, source, m)
         n_ctx = min(m.cfg.n_ctx, int(context_size or 128))
         check_fits(src, m, n_ctx, label=model_name)
