@@ -181,3 +181,26 @@ def app_opens_the_run(monkeypatch, run, model: str) -> None:
     assert at.subheader[0].value.startswith("topk · latent")
     at = ok(app(monkeypatch, run, "graphs"))
     assert at.selectbox(key="graph_file").value.endswith("g.json")
+
+
+def test_corrupt_checkpoint_folders_are_refused_in_one_line(checkpoints, files, tmp_path):
+    """config.json that is not JSON or not an object, weights missing or truncated: one
+    line naming the file, no run folder made."""
+    import shutil
+
+    cases = {}
+    for name in ("not-json", "not-object", "no-weights", "truncated"):
+        shutil.copytree(checkpoints["gpt2"], tmp_path / name)
+        cases[name] = tmp_path / name
+    (cases["not-json"] / "config.json").write_text("{not json")
+    (cases["not-object"] / "config.json").write_text("[1, 2]")
+    (cases["no-weights"] / "model.safetensors").unlink()
+    weights = cases["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    expected = {"not-json": "is not valid JSON", "not-object": "is not a model config",
+                "no-weights": "model.safetensors", "truncated": "truncated"}
+    for name, folder in cases.items():
+        refuse(["harvest", "--model", folder, "--hook", HOOK, "--tokens", 100, "--source",
+                files / "code.txt", "--out", tmp_path / f"run-{name}"],
+               str(folder), expected[name], watch=[folder])
+        assert not (tmp_path / f"run-{name}").exists()

@@ -68,13 +68,25 @@ def load(name: str, device: str | torch.device = "cpu", **from_pretrained_kwargs
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "config.json").exists():
-            cfg = json.loads((path / "config.json").read_text())
+            cfg = _read_config(path)
             if "transformer_config" in cfg:
                 return load_model_folder(path, device)
-            return _load_hf_folder(path, device)
+            return _load_hf_folder(path, cfg, device)
         raise CorruptModelError(f"{path} is a folder but has no config.json; a model folder "
                                 f"needs config.json and its weights")
     return _load_pretrained(name, device, **from_pretrained_kwargs)
+
+
+def _read_config(path: Path) -> dict:
+    """A model folder's config.json as a dict; anything else is refused naming the file."""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptModelError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CorruptModelError(f"{path / 'config.json'} is not a model config (a JSON "
+                                f"object)")
+    return cfg
 
 
 # config keys TransformerLens reads that recent transformers no longer write, by model_type:
@@ -91,11 +103,10 @@ NEUTRAL_NAME = "checkpoint"
 
 
 @contextlib.contextmanager
-def _config_for_conversion(path: Path):
-    """A temporary folder named ``NEUTRAL_NAME`` holding ``path``'s config.json with the keys
+def _config_for_conversion(raw: dict):
+    """A temporary folder named ``NEUTRAL_NAME`` holding the config ``raw`` with the keys
     TransformerLens needs filled in from their aliases (``CONFIG_ALIASES``); the weights
     stay where they are."""
-    raw = json.loads((path / "config.json").read_text())
     missing = {k: raw[v] for k, v in CONFIG_ALIASES.get(raw.get("model_type"), {}).items()
                if k not in raw and v in raw}
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,15 +187,17 @@ def _processing(cfg) -> dict:
             "center_unembed": not soft_cap}
 
 
-def _load_hf_folder(path: Path, device):
-    """A local Hugging Face checkpoint, converted and processed like from_pretrained does."""
+def _load_hf_folder(path: Path, raw: dict, device):
+    """A local Hugging Face checkpoint (its config.json read as ``raw``), converted and
+    processed like from_pretrained does."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
 
-    arch = (json.loads((path / "config.json").read_text()).get("architectures") or [None])[0]
+    arch = (raw.get("architectures") or [None])[0]
     if arch in NOT_FROM_FOLDERS:  # before the weights are read
         raise ModelUnavailableError(f"the model in {path} is a {arch}: TransformerLens "
                                     f"cannot convert it from a local folder; "
@@ -192,15 +205,16 @@ def _load_hf_folder(path: Path, device):
     hf_logging.disable_progress_bar()  # one line per refusal; our commands show their own
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise CorruptModelError(f"cannot load the Hugging Face model in {path}: {e}") from e
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise CorruptModelError(f"cannot load the Hugging Face model in {path} (its weights "
+                                f"are missing, truncated or corrupt): {first_line(e)}") from e
     tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError):
         pass  # a model without a tokenizer still runs on token ids
     try:
-        with _config_for_conversion(path) as cfg_path, _own_config(arch, hf_model.config):
+        with _config_for_conversion(raw) as cfg_path, _own_config(arch, hf_model.config):
             cfg = loading.get_pretrained_model_config(str(cfg_path),
                                                       hf_cfg=hf_model.config.to_dict(),
                                                       fold_ln=True, device=str(device))
